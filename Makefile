@@ -1,0 +1,41 @@
+# Quick start:  make serve   (install, train into the local BentoML store if it is empty, serve)
+#               make test    (install, run the test suite)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install train train-if-empty serve test lint check build clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/python -m training.train_all
+
+train-if-empty: $(STAMP)
+	$(BIN)/python -m training.train_all --if-missing
+
+serve: train-if-empty
+	$(BIN)/bentoml serve service:NIDSService --host 0.0.0.0 --port $${PORT:-3000}
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+check: $(STAMP)
+	$(BIN)/python -m nids.check threat_detector:latest
+	$(BIN)/python -m nids.check attack_classifier:latest
+
+build: train-if-empty
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

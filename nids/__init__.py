@@ -1,0 +1,1 @@
+"""nids-bento: network intrusion detection and self-healing served with BentoML."""
