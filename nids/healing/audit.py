@@ -1,0 +1,239 @@
+"""Durable audit log of every self-healing decision.
+
+One storage interface (AuditStore) holds all the SQL, written once in a dialect both engines accept (`:name`
+parameters, DOUBLE PRECISION epoch timestamps, ON CONFLICT upserts). Two small subclasses only connect and run
+statements: SQLite (embedded default, a file in the data directory) and PostgreSQL (psycopg 3, for several
+replicas sharing one log).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nids.healing.schemas import ActionQuery, ActionRecord
+
+COLUMNS: tuple[str, ...] = tuple(ActionRecord.model_fields)
+_TIME_COLUMNS = frozenset({"created_at", "updated_at", "expires_at", "ended_at"})
+_REAL_COLUMNS = _TIME_COLUMNS | {"confidence"}
+LIVE_LIMIT = 100_000
+Statement = tuple[str, Mapping[str, Any]]
+When = datetime | float
+
+
+def epoch(value: When | None) -> float | None:
+    return value.timestamp() if isinstance(value, datetime) else value
+
+
+def _record(row: Sequence[Any]) -> ActionRecord:
+    values = dict(zip(COLUMNS, row, strict=True))
+    for column in _TIME_COLUMNS:
+        if values[column] is not None:
+            values[column] = datetime.fromtimestamp(values[column], UTC)
+    values["params"] = json.loads(values["params"])
+    return ActionRecord.model_validate(values)
+
+
+def _row(record: ActionRecord) -> dict[str, Any]:
+    values = record.model_dump()
+    for column in _TIME_COLUMNS:
+        values[column] = epoch(values[column])
+    values["params"] = json.dumps(values["params"], sort_keys=True)
+    return values
+
+
+class BlockConflict(RuntimeError):
+    """Another process recorded a live block on the same address first."""
+
+
+class AuditStore(ABC):
+    """The audit log: insert decisions, update their outcome, list/show them, find live blocks, keep flags."""
+
+    unique_violation: type[Exception]  # the driver's error for a broken unique index
+
+    def __init__(self, table_prefix: str) -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table_prefix):
+            raise ValueError(f"audit table prefix {table_prefix!r} must be letters, digits and underscores")
+        self.actions = f"{table_prefix}actions"
+        self.state = f"{table_prefix}state"
+        self._lock = threading.Lock()
+
+    @abstractmethod
+    def _execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
+        """Run statements in one transaction; rows of the last one."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def create_schema(self) -> None:
+        types = {column: "DOUBLE PRECISION" if column in _REAL_COLUMNS else "TEXT" for column in COLUMNS}
+        types["action_id"] = "TEXT PRIMARY KEY"
+        columns = ", ".join(f"{column} {kind}" for column, kind in types.items())
+        self._execute(
+            [
+                (f"CREATE TABLE IF NOT EXISTS {self.actions} ({columns})", {}),
+                (f"CREATE INDEX IF NOT EXISTS {self.actions}_created ON {self.actions} (created_at)", {}),
+                (f"CREATE INDEX IF NOT EXISTS {self.actions}_src ON {self.actions} (src_ip, action_type)", {}),
+                (  # one live block per address and mode, even with several processes or replicas
+                    f"CREATE UNIQUE INDEX IF NOT EXISTS {self.actions}_one_block ON {self.actions} (src_ip, mode) "
+                    "WHERE action_type = 'block_ip' AND parent_id IS NULL AND ended_at IS NULL",
+                    {},
+                ),
+                (f"CREATE TABLE IF NOT EXISTS {self.state} (key TEXT PRIMARY KEY, value TEXT NOT NULL)", {}),
+            ]
+        )
+
+    def insert(self, records: Sequence[ActionRecord]) -> None:
+        sql = f"INSERT INTO {self.actions} ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
+        if not records:
+            return
+        try:
+            self._execute([(sql, _row(record)) for record in records])
+        except self.unique_violation as error:
+            raise BlockConflict(str(error)) from error
+
+    def update(self, action_id: str, **values: Any) -> None:
+        unknown = set(values) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"not audit columns: {sorted(unknown)}")
+        values = {key: epoch(value) if key in _TIME_COLUMNS else value for key, value in values.items()}
+        assignments = ", ".join(f"{column} = :{column}" for column in values)
+        self._execute(
+            [
+                (
+                    f"UPDATE {self.actions} SET {assignments} WHERE action_id = :action_id",
+                    {**values, "action_id": action_id},
+                )
+            ]
+        )
+
+    def _select(self, where: Sequence[str], params: Mapping[str, Any], limit: int) -> list[ActionRecord]:
+        condition = " AND ".join(where) or "1 = 1"
+        sql = f"SELECT {', '.join(COLUMNS)} FROM {self.actions} WHERE {condition} ORDER BY created_at DESC LIMIT :limit"
+        return [_record(row) for row in self._execute([(sql, {**params, "limit": limit})])]
+
+    def get(self, action_id: str) -> ActionRecord | None:
+        found = self._select(["action_id = :action_id"], {"action_id": action_id}, 1)
+        return found[0] if found else None
+
+    def list(self, query: ActionQuery) -> list[ActionRecord]:
+        """Newest first."""
+        conditions = {
+            "action_type": "action_type = :action_type",
+            "status": "status = :status",
+            "address": "(src_ip = :address OR dst_ip = :address)",
+            "since": "created_at >= :since",
+            "until": "created_at < :until",
+        }
+        given = {key: epoch(value) for key, value in query.model_dump(exclude={"limit"}, exclude_none=True).items()}
+        return self._select([conditions[key] for key in given], given, query.limit)
+
+    def transition(self, action_id: str, old: str, new: str, now: When) -> bool:
+        """Atomically move an action from status `old` to `new`; False if it was no longer in `old`."""
+        sql = (
+            f"UPDATE {self.actions} SET status = :new, updated_at = :now "
+            "WHERE action_id = :action_id AND status = :old RETURNING action_id"
+        )
+        return bool(self._execute([(sql, {"action_id": action_id, "old": old, "new": new, "now": epoch(now)})]))
+
+    def _live_blocks(self, extra: str, params: Mapping[str, Any]) -> list[ActionRecord]:
+        """Blocks holding an address (or that would, in dry_run): not ended, not an extension."""
+        where = ["action_type = 'block_ip'", "parent_id IS NULL", "ended_at IS NULL", extra]
+        return self._select(where, params, LIVE_LIMIT)
+
+    def live_block(self, address: str, mode: str) -> ActionRecord | None:
+        """The block (of this mode) currently held on an address, if any."""
+        found = self._live_blocks("src_ip = :address AND mode = :mode", {"address": address, "mode": mode})
+        return found[0] if found else None
+
+    def enforced_blocks(self) -> list[ActionRecord]:
+        """Live blocks that were really applied (to re-apply after a reboot emptied nftables)."""
+        return self._live_blocks("mode = 'enforce' AND status = 'executed'", {})
+
+    def due_blocks(self, now: When) -> list[ActionRecord]:
+        """Live blocks whose expiry has passed."""
+        return self._live_blocks("expires_at <= :now", {"now": epoch(now)})
+
+    def get_flag(self, key: str) -> str | None:
+        rows = self._execute([(f"SELECT value FROM {self.state} WHERE key = :key", {"key": key})])
+        return rows[0][0] if rows else None
+
+    def set_flag(self, key: str, value: str) -> None:
+        sql = (
+            f"INSERT INTO {self.state} (key, value) VALUES (:key, :value) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        )
+        self._execute([(sql, {"key": key, "value": value})])
+
+
+class SqliteAuditStore(AuditStore):
+    """Embedded default: one SQLite file (WAL journal, full fsync on commit)."""
+
+    unique_violation = sqlite3.IntegrityError
+
+    def __init__(self, path: Path, table_prefix: str = "healing_") -> None:
+        super().__init__(table_prefix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self.create_schema()
+
+    def _execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
+        with self._lock, self._conn:
+            cursor = self._conn.cursor()
+            for sql, params in statements:
+                cursor.execute(sql, params)
+            return cursor.fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class PostgresAuditStore(AuditStore):
+    """Shared log for several replicas: PostgreSQL through psycopg 3 (reconnects when the connection broke)."""
+
+    def __init__(self, url: str, table_prefix: str = "healing_") -> None:
+        super().__init__(table_prefix)
+        import psycopg  # only deployments with PostgreSQL need the driver loaded
+
+        self.unique_violation = psycopg.errors.UniqueViolation
+        self.url = url
+        self._conn = self._connect()
+        self.create_schema()
+
+    def _connect(self) -> Any:
+        import psycopg  # only deployments with PostgreSQL need the driver loaded
+
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+
+    def _execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            if self._conn.broken or self._conn.closed:
+                self._conn = self._connect()
+            with self._conn.transaction(), self._conn.cursor() as cursor:
+                for sql, params in statements:
+                    cursor.execute(re.sub(r":(\w+)", r"%(\1)s", sql), params)
+                return cursor.fetchall() if cursor.description else []
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def open_audit_store(url: str, table_prefix: str = "healing_") -> AuditStore:
+    """`sqlite:///relative/or//absolute/path.sqlite3` or `postgresql://user@host:port/db`."""
+    if url.startswith("sqlite:///"):
+        return SqliteAuditStore(Path(url.removeprefix("sqlite:///")), table_prefix)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresAuditStore(url, table_prefix)
+    raise ValueError(f"audit URL {url!r} must start with sqlite:/// or postgresql://")

@@ -1,0 +1,481 @@
+"""The self-healing engine: decide fast on the request path, execute safely in the background.
+
+`handle` applies the policy and the safety rules to each event, writes one audit row per decision and queues
+enforced actions; it never waits for an executor. One worker thread per action type runs the queue (so a slow
+webhook never delays a block), re-checking the stop switch before each execution; the block_ip worker also
+lifts expired blocks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from nids.healing.audit import AuditStore, BlockConflict, When, open_audit_store
+from nids.healing.executors import Executor, default_executors
+from nids.healing.policy import AlertRule, BlockRule, Policy, RestartRule, Rule, load_policy
+from nids.healing.schemas import ACTION_TYPES, ActionQuery, ActionRecord, ActionType, AttackEvent, HealingAction, Mode
+from nids.settings import Settings
+
+logger = logging.getLogger("nids.healing")
+Clock = Callable[[], float]
+DISRUPTIVE: frozenset[str] = frozenset({"block_ip", "restart_service"})
+ENFORCEMENT_FLAG = "enforcement"
+REVERTIBLE = frozenset({"dry_run", "queued", "executed", "revert_failed"})
+STALE_RUNNING_SECONDS = 600.0  # far beyond any executor's timeouts
+
+
+class ActionNotFound(LookupError):
+    """No audit record has this id."""
+
+
+class NotRevertible(ValueError):
+    """The action cannot be reverted (already ended, or nothing ran)."""
+
+
+class RateLimiter:
+    """Sliding-window limit per action type: at most `max_actions` within `per_seconds`."""
+
+    def __init__(self, policy: Policy, clock: Clock) -> None:
+        self.limits = policy.rate_limits
+        self.clock = clock
+        self._hits: dict[str, deque[float]] = {name: deque() for name in self.limits}
+
+    def allow(self, action_type: ActionType) -> bool:
+        limit = self.limits.get(action_type)
+        if limit is None:
+            return True
+        now, hits = self.clock(), self._hits[action_type]
+        while hits and hits[0] <= now - limit.per_seconds:
+            hits.popleft()
+        if len(hits) >= limit.max_actions:
+            return False
+        hits.append(now)
+        return True
+
+
+def host_addresses() -> list[str]:
+    """The addresses this host's name resolves to (part of the service's own addresses)."""
+    try:
+        return sorted({str(info[4][0]).split("%")[0] for info in socket.getaddrinfo(socket.gethostname(), None)})
+    except OSError:
+        return []
+
+
+def _time(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+class HealingEngine:
+    """Policy + safety rules + audit log + background executors.
+
+    `executors` maps every action type to its executor (default: nftables, systemctl, webhook, log);
+    `clock` gives epoch seconds (tests inject one); `own_addresses` join the allowlist; `enforcement_stopped`
+    is the stop setting; the block_ip worker lifts expired blocks every `sweep_seconds` (None: only when
+    `sweep_expired` is called).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: AuditStore,
+        executors: Mapping[str, Executor] | None = None,
+        *,
+        clock: Clock = time.time,
+        own_addresses: Iterable[str] = (),
+        enforcement_stopped: bool = False,
+        sweep_seconds: float | None = 5.0,
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.executors = dict(executors or default_executors(policy))
+        missing = [name for name in ACTION_TYPES if name not in self.executors]
+        if missing:
+            raise ValueError(f"no executor for action types {missing}")
+        self.clock = clock
+        try:
+            self.allowlist = policy.networks(list(own_addresses))
+        except ValueError as error:
+            raise ValueError(f"own addresses (NIDS_HEALING_OWN_ADDRESSES): {error}") from None
+        self.stopped_by_setting = enforcement_stopped
+        self.sweep_seconds = sweep_seconds
+        self.limiter = RateLimiter(policy, clock)
+        self._lock = threading.Lock()  # decisions: rate limits and one live block per address
+        self._undo_lock = threading.Lock()  # reverts and expiries never race each other
+        self._closed = False
+        self._queues: dict[str, queue.Queue[str | None]] = {
+            name: queue.Queue(policy.queue_size) for name in self.executors
+        }
+        self._workers = [
+            threading.Thread(target=self._work, args=(name,), name=f"healing-{name}", daemon=True)
+            for name in self.executors
+        ]
+        for worker in self._workers:
+            worker.start()
+        for pending in self.store.list(ActionQuery(status="queued", limit=1000)):  # accepted before a restart
+            self._enqueue(pending)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HealingEngine:
+        """Load and validate the policy (PolicyError stops startup), open the audit log, start the workers."""
+        policy = load_policy(settings.healing_policy_file)
+        url = settings.healing_audit_url or f"sqlite:///{settings.data_dir / 'healing-audit.sqlite3'}"
+        store = open_audit_store(url, settings.healing_audit_table_prefix)
+        return cls(
+            policy,
+            store,
+            own_addresses=[*settings.healing_own_addresses, *host_addresses()],
+            enforcement_stopped=settings.healing_enforcement_stopped,
+        )
+
+    # --- the stop switch -----------------------------------------------------------------------------
+    @property
+    def enforcement_enabled(self) -> bool:
+        """False when the setting or the switch (shared through the audit store) stops all enforcement."""
+        return not self.stopped_by_setting and self.store.get_flag(ENFORCEMENT_FLAG) != "stopped"
+
+    def set_enforcement(self, enabled: bool) -> None:
+        """Stop (or resume) all enforcement at once, for every replica sharing the audit store.
+
+        Stopped: new decisions are recorded as dry_run and queued executions are suppressed. Live blocks
+        still expire (lifting a block is always safe).
+        """
+        if enabled and self.stopped_by_setting:
+            raise ValueError("enforcement is stopped by NIDS_HEALING_ENFORCEMENT_STOPPED; change it and restart")
+        self.store.set_flag(ENFORCEMENT_FLAG, "on" if enabled else "stopped")
+        logger.warning("self-healing enforcement %s", "resumed" if enabled else "STOPPED")
+
+    # --- deciding ---------------------------------------------------------------------------------------
+    def handle(self, events: Sequence[AttackEvent]) -> list[HealingAction]:
+        """Decide and audit every event, queue what is enforced; never waits for an executor."""
+        enforcing = self.enforcement_enabled
+        with self._lock:
+            try:
+                records = self._decide_all(events, enforcing)
+            except BlockConflict:  # another process blocked one of the addresses meanwhile: extend its block
+                records = self._decide_all(events, enforcing)
+        for record in records:
+            if record.status == "queued":
+                self._enqueue(record)
+        return [record.to_action() for record in records]
+
+    def _decide_all(self, events: Sequence[AttackEvent], enforcing: bool) -> list[ActionRecord]:
+        now = self.clock()
+        blocks: dict[tuple[str, str], ActionRecord] = {}  # blocks decided in this batch, by (address, mode)
+        records = [self._decide(event, now, enforcing, blocks) for event in events]
+        self.store.insert(records)
+        decided = {record.action_id for record in records}
+        for record in records:
+            if record.parent_id is not None and record.parent_id not in decided:
+                self.store.update(record.parent_id, expires_at=record.expires_at, updated_at=now)
+        return records
+
+    def _degrade_reason(self, event: AttackEvent, rule: Rule, service: str | None) -> str | None:
+        minimum = self.policy.min_confidence
+        if event.confidence is None:
+            return f"no classifier confidence given; {rule.action} needs at least {minimum}"
+        if event.confidence < minimum:
+            return f"confidence {event.confidence:.3f} is below min_confidence {minimum}"
+        if isinstance(rule, BlockRule):
+            if event.src_ip is None:
+                return "no source IP to block"
+            address = ipaddress.ip_address(event.src_ip)
+            network = next((net for net in self.allowlist if address in net), None)
+            if network is not None:
+                return f"source {address} is allowlisted ({network}); it is never blocked"
+        if isinstance(rule, RestartRule) and service not in self.policy.services:
+            return f"target service {service!r} is not one of the configured services {self.policy.services}"
+        return None
+
+    def _decide(
+        self, event: AttackEvent, now: float, enforcing: bool, blocks: dict[tuple[str, str], ActionRecord]
+    ) -> ActionRecord:
+        """The audit record of one decision (a block extension when the address is already blocked)."""
+        attack = str(event.attack_type)
+        rule = self.policy.rule_for(attack)
+        action: ActionType = rule.action
+        service = (event.target_service or rule.params.service) if isinstance(rule, RestartRule) else None
+        reason = self._degrade_reason(event, rule, service) if action in DISRUPTIVE else None
+        block_seconds = (rule.params.block_seconds or self.policy.block.seconds) if isinstance(rule, BlockRule) else 0
+        mode: Mode = "enforce" if enforcing and action in self.policy.enforce else "dry_run"
+        if reason is None and action == "block_ip":
+            key = (str(event.src_ip), mode)
+            live = blocks.get(key) or self.store.live_block(*key)
+            if live is not None:
+                return self._extension(event, rule, live, now, now + block_seconds)
+        if reason is None and action in DISRUPTIVE and not self.limiter.allow(action):
+            limit = self.policy.rate_limits[action]
+            reason = f"rate limit of {action} reached ({limit.max_actions} per {limit.per_seconds:g} s)"
+        if reason is not None:
+            action = "alert_admin"
+        mode = "enforce" if enforcing and action in self.policy.enforce else "dry_run"
+        status = "dry_run" if mode == "dry_run" else "queued"
+        if action in ("alert_admin", "log_only") and not self.limiter.allow(action):
+            status = "rate_limited"
+        params = self._params(action, event, rule, service, block_seconds, reason)
+        record = self._record(
+            event,
+            rule,
+            action=action,
+            mode=mode,
+            status=status,
+            params=params,
+            reason=reason,
+            command=self.executors[action].plan(params).text,
+            now=now,
+            expires_at=now + block_seconds if action == "block_ip" else None,
+        )
+        if action == "block_ip":
+            blocks[(str(event.src_ip), mode)] = record
+        return record
+
+    def _params(
+        self, action: str, event: AttackEvent, rule: Rule, service: str | None, block_seconds: int, reason: str | None
+    ) -> dict[str, Any]:
+        if action == "block_ip":
+            return {"address": event.src_ip, "block_seconds": block_seconds}
+        if action == "restart_service":
+            return {"service": service}
+        context = event.model_dump(exclude_none=True) | {"rule": rule.name}
+        if action == "log_only":
+            return context
+        severity = rule.params.severity if isinstance(rule, AlertRule) else "high"
+        return context | {"severity": severity} | ({"degraded_from": rule.action, "reason": reason} if reason else {})
+
+    def _record(
+        self,
+        event: AttackEvent,
+        rule: Rule,
+        *,
+        action: ActionType,
+        mode: Mode,
+        status: str,
+        params: dict[str, Any],
+        reason: str | None,
+        command: str | None,
+        now: float,
+        expires_at: float | None = None,
+        parent_id: str | None = None,
+    ) -> ActionRecord:
+        return ActionRecord(
+            action_id=uuid.uuid4().hex,
+            created_at=_time(now),
+            updated_at=_time(now),
+            attack_type=str(event.attack_type),
+            confidence=event.confidence,
+            model_version=event.model_version,
+            src_ip=event.src_ip,
+            dst_ip=event.dst_ip,
+            target_service=event.target_service,
+            flow_id=event.flow_id,
+            event_timestamp=event.timestamp,
+            rule=rule.name,
+            action_type=action,
+            mode=mode,
+            status=status,
+            description=_describe(action, params, _time(expires_at), extends=parent_id),
+            params=params,
+            reason=reason,
+            command=command,
+            outcome=None,
+            expires_at=_time(expires_at),
+            parent_id=parent_id,
+            ended_at=None,
+            undo_command=None,
+            undo_outcome=None,
+        )
+
+    def _extension(
+        self, event: AttackEvent, rule: Rule, live: ActionRecord, now: float, expires_at: float
+    ) -> ActionRecord:
+        return self._record(
+            event,
+            rule,
+            action="block_ip",
+            mode=live.mode,
+            status="extended",
+            params={**live.params, "extends": live.action_id},
+            reason=None,
+            command=None,
+            now=now,
+            expires_at=max(expires_at, live.expires_at.timestamp() if live.expires_at else expires_at),
+            parent_id=live.action_id,
+        )
+
+    # --- executing --------------------------------------------------------------------------------------
+    def _enqueue(self, record: ActionRecord) -> None:
+        try:
+            self._queues[record.action_type].put_nowait(record.action_id)
+        except queue.Full:
+            self._finish(record.action_id, "failed", "execution queue full")
+
+    def _work(self, action_type: str) -> None:
+        pending = self._queues[action_type]
+        next_sweep = 0.0
+        if action_type == "block_ip":
+            try:
+                self._restore_blocks()
+            except Exception:  # the worker must start anyway; the log says why blocks were not restored
+                logger.exception("self-healing could not restore live blocks")
+        while True:
+            sweeping = action_type == "block_ip" and self.sweep_seconds is not None
+            try:
+                action_id = pending.get(timeout=self.sweep_seconds if sweeping else None)
+            except queue.Empty:
+                action_id = ""
+            if action_id is None:
+                pending.task_done()
+                return
+            try:
+                if action_id:
+                    self._execute(action_id)
+                if sweeping and self.clock() >= next_sweep:
+                    next_sweep = self.clock() + (self.sweep_seconds or 0.0)
+                    self.sweep_expired()
+            except Exception:  # a worker must outlive any failure; the audit row keeps the decision
+                logger.exception("self-healing worker %s failed", action_type)
+            finally:
+                if action_id:
+                    pending.task_done()
+
+    def _restore_blocks(self) -> None:
+        """Re-apply live enforced blocks (nftables is empty after a reboot); adding an element is idempotent."""
+        if not self.enforcement_enabled:
+            return
+        executor = self.executors["block_ip"]
+        for block in self.store.enforced_blocks():
+            try:
+                executor.run(executor.plan(block.params))
+            except Exception as error:
+                logger.error("self-healing could not restore block %s: %s", block.action_id, error)
+
+    def _execute(self, action_id: str) -> None:
+        if not self.store.transition(action_id, "queued", "running", self.clock()):
+            return  # reverted (or taken by another replica) before it ran
+        record = self.store.get(action_id)
+        if record is None:
+            return
+        if not self.enforcement_enabled:
+            self._finish(action_id, "suppressed", "enforcement stopped before execution")
+            return
+        executor = self.executors[record.action_type]
+        try:
+            outcome = executor.run(executor.plan(record.params))
+        except Exception as error:
+            logger.error("self-healing %s %s failed: %s", record.action_type, action_id, error)
+            self._finish(action_id, "failed", str(error))
+            return
+        self.store.update(action_id, status="executed", outcome=outcome, updated_at=self.clock())
+
+    def _finish(self, action_id: str, status: str, outcome: str) -> None:
+        """End an action that did nothing (failed or suppressed): nothing left to undo, no live block."""
+        now = self.clock()
+        self.store.update(action_id, status=status, outcome=outcome, updated_at=now, ended_at=now)
+
+    def wait_idle(self) -> None:
+        """Block until every queued execution has run (tests, orderly shutdown)."""
+        for pending in self._queues.values():
+            pending.join()
+
+    # --- undoing ---------------------------------------------------------------------------------------
+    def revert(self, action_id: str) -> ActionRecord:
+        """Undo an action (an extension reverts the block it extended); audited. Returns the updated record."""
+        record = self.get_action(action_id)
+        if record is None:
+            raise ActionNotFound(f"no self-healing action with id {action_id!r}")
+        target = self.get_action(record.parent_id) if record.parent_id else record
+        if target is None:
+            raise ActionNotFound(f"action {action_id!r} extends {record.parent_id!r}, which is not in the audit log")
+        with self._undo_lock:
+            return self._end(target.action_id, "reverted")
+
+    def sweep_expired(self) -> list[ActionRecord]:
+        """Lift every block whose expiry has passed (the block_ip worker calls this every few seconds)."""
+        lifted = []
+        with self._undo_lock:
+            for block in self.store.due_blocks(self.clock()):
+                try:
+                    lifted.append(self._end(block.action_id, "expired"))
+                except NotRevertible:
+                    continue  # still running: lifted on a later sweep
+        return lifted
+
+    def _end(self, action_id: str, final_status: str) -> ActionRecord:
+        record = self.store.get(action_id)
+        if record is None:
+            raise ActionNotFound(f"no self-healing action with id {action_id!r}")
+        now = self.clock()
+        cancelled = record.status == "queued" and self.store.transition(action_id, "queued", final_status, now)
+        if not cancelled and record.status == "queued":
+            record = self.store.get(action_id) or record  # a worker took it meanwhile
+        # an action left `running` by a process that died is treated as executed once it is stale
+        stale = record.status == "running" and now - record.updated_at.timestamp() > STALE_RUNNING_SECONDS
+        if not (cancelled or stale) and (record.ended_at is not None or record.status not in REVERTIBLE):
+            raise NotRevertible(f"action {action_id} cannot be reverted now: its status is {record.status!r}")
+        executor = self.executors[record.action_type]
+        undo = executor.undo_plan(record.params)
+        status, outcome = final_status, "cancelled before it ran" if cancelled else "nothing ran (dry run)"
+        if stale or record.status in ("executed", "revert_failed"):
+            try:
+                outcome = executor.run(undo)
+            except Exception as error:
+                status, outcome = "revert_failed", str(error)
+        ended = {"ended_at": now} if status != "revert_failed" else {}
+        self.store.update(
+            action_id, status=status, undo_command=undo.text, undo_outcome=outcome, updated_at=now, **ended
+        )
+        logger.info("self-healing %s %s: %s", status, action_id, outcome)
+        return self.store.get(action_id)  # type: ignore[return-value]
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def list_actions(
+        self,
+        *,
+        action_type: str | None = None,
+        status: str | None = None,
+        address: str | None = None,
+        since: When | None = None,
+        until: When | None = None,
+        limit: int = 100,
+    ) -> list[ActionRecord]:
+        """Newest first; ValidationError names a bad filter (address, limit within [1, 1000], ...)."""
+        query = ActionQuery(
+            action_type=action_type, status=status, address=address, since=since, until=until, limit=limit
+        )
+        return self.store.list(query)
+
+    def get_action(self, action_id: str) -> ActionRecord | None:
+        return self.store.get(action_id)
+
+    def close(self) -> None:
+        """Stop the workers after the queued executions have run, then close the audit store."""
+        if self._closed:
+            return
+        self._closed = True
+        for pending in self._queues.values():
+            pending.put(None)
+        for worker in self._workers:
+            worker.join()
+        self.store.close()
+
+
+def _describe(action: str, params: Mapping[str, Any], expires_at: datetime | None, extends: str | None) -> str:
+    if extends is not None:
+        return f"Extend the block on {params['address']} (action {extends}) until {expires_at:%Y-%m-%d %H:%M:%S} UTC"
+    if action == "block_ip":
+        return f"Block traffic from {params['address']} with nftables until {expires_at:%Y-%m-%d %H:%M:%S} UTC"
+    if action == "restart_service":
+        return f"Restart service {params['service']} with systemctl"
+    if action == "alert_admin":
+        cause = f" ({params['reason']})" if params.get("reason") else ""
+        return f"Alert the administrator ({params['severity']}): {params['attack_type']}{cause}"
+    return f"Log the {params['attack_type']} verdict"
