@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import NotFound, ServiceUnavailable
 
 from nids import pipeline
 from nids.artifacts import load_model
-from nids.healing.engine import HealingEngine
-from nids.healing.schemas import HealingAction
+from nids.healing.audit import AuditUnavailable
+from nids.healing.engine import ActionNotFound, HealingEngine, NotRevertible
+from nids.healing.schemas import ActionQuery, ActionRecord, EnforcementState, HealingAction
 from nids.metrics import service_metrics
 from nids.registry import REGISTRY, ModelRegistry
 from nids.schemas import (
@@ -33,7 +36,7 @@ from nids.schemas import (
     ThreatPrediction,
 )
 from nids.settings import Settings
-from nids.validation import RequestTooLarge, limits
+from nids.validation import Conflict, RequestTooLarge, limits
 
 logger = logging.getLogger("nids.service")
 
@@ -137,6 +140,19 @@ async def _send_json(send: Send, status: int, payload: dict[str, str]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+@contextmanager
+def healing_errors() -> Iterator[None]:
+    """Self-healing failures as HTTP errors: unknown id 404, wrong state 409, audit log down 503."""
+    try:
+        yield
+    except ActionNotFound as error:
+        raise NotFound(str(error)) from error
+    except NotRevertible as error:
+        raise Conflict(str(error)) from error
+    except AuditUnavailable as error:
+        raise ServiceUnavailable(str(error)) from error
+
+
 @bentoml.service(name="nids", traffic={"timeout": 30})
 class NIDSService:
     def __init__(self) -> None:
@@ -169,12 +185,14 @@ class NIDSService:
     @bentoml.api
     def self_heal(self, events: AttackEvents) -> list[HealingAction]:
         """Self-healing decision for each attack event (recorded in the audit log; dry-run by default)."""
-        return pipeline.self_heal(self.healing, events)
+        with healing_errors():
+            return pipeline.self_heal(self.healing, events)
 
     @bentoml.api
     def analyze(self, flows: AnalyzeFlows) -> AnalyzeResponse:
         """The whole pipeline per flow: threat verdict, attack type and action, plus a summary."""
-        return pipeline.analyze(self.models.active(), self.healing, flows)
+        with healing_errors():
+            return pipeline.analyze(self.models.active(), self.healing, flows)
 
     @bentoml.api
     def analyze_csv(self, file: Path) -> AnalyzeResponse:
@@ -183,13 +201,46 @@ class NIDSService:
         flows, ignored = pipeline.read_csv(
             file, max_rows=settings.max_rows_per_request, max_bytes=settings.max_csv_bytes
         )
-        response = pipeline.analyze(self.models.active(), self.healing, flows)
+        with healing_errors():
+            response = pipeline.analyze(self.models.active(), self.healing, flows)
         return response.model_copy(update={"ignored_columns": ignored})
 
     @bentoml.api
     def model_info(self) -> ModelInfo:
         """Tags, features, classes, threshold, metrics and reference-case results of both served models."""
         return pipeline.model_info(self.models.active())
+
+    # --- self-healing audit log and stop switch (docs/self-healing.md) --------------------------------------
+    @bentoml.api(input_spec=ActionQuery)
+    def healing_actions(self, **filters: Any) -> list[ActionRecord]:
+        """Audit log of self-healing decisions, newest first, filtered by type, status, address and time."""
+        with healing_errors():
+            return self.healing.list_actions(**filters)
+
+    @bentoml.api
+    def healing_action(self, action_id: str) -> ActionRecord:
+        """One audit record: the decision, its context and what became of it (404 if unknown)."""
+        with healing_errors():
+            record = self.healing.get_action(action_id)
+        if record is None:
+            raise NotFound(f"no self-healing action with id {action_id!r}")
+        return record
+
+    @bentoml.api
+    def healing_revert(self, action_id: str) -> ActionRecord:
+        """Undo an action (e.g. lift a block); 404 if unknown, 409 if it already ended or nothing ran."""
+        with healing_errors():
+            return self.healing.revert(action_id)
+
+    @bentoml.api
+    def healing_enforcement(self, enabled: bool) -> EnforcementState:
+        """The stop switch: `false` stops all enforcement at once (every replica sharing the audit log)."""
+        with healing_errors():
+            try:
+                self.healing.set_enforcement(enabled)
+            except ValueError as error:  # stopped by NIDS_HEALING_ENFORCEMENT_STOPPED: only a restart resumes
+                raise Conflict(str(error)) from error
+            return EnforcementState(enforcement_enabled=self.healing.enforcement_enabled)
 
 
 NIDSService.add_asgi_middleware(RequestGuard, registry=REGISTRY)

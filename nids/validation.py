@@ -37,6 +37,12 @@ class RequestTooLarge(BentoMLException):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class Conflict(BentoMLException):
+    """The request contradicts the current state (e.g. reverting an action that already ended): HTTP 409."""
+
+    error_code = HTTPStatus.CONFLICT
+
+
 class ModelsUnavailable(BentoMLException):
     """No verified models are active: HTTP 503 (the reason is in the message)."""
 

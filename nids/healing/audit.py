@@ -53,10 +53,15 @@ class BlockConflict(RuntimeError):
     """Another process recorded a live block on the same address first."""
 
 
+class AuditUnavailable(RuntimeError):
+    """The audit database cannot be reached or written: no decision can be recorded (HTTP 503)."""
+
+
 class AuditStore(ABC):
     """The audit log: insert decisions, update their outcome, list/show them, find live blocks, keep flags."""
 
     unique_violation: type[Exception]  # the driver's error for a broken unique index
+    driver_error: type[Exception]  # base of every error the driver raises
 
     def __init__(self, table_prefix: str) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table_prefix):
@@ -72,11 +77,20 @@ class AuditStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def _run(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
+        """`_execute`, with driver failures other than a unique violation raised as AuditUnavailable."""
+        try:
+            return self._execute(statements)
+        except self.unique_violation:
+            raise
+        except self.driver_error as error:
+            raise AuditUnavailable(f"audit log unavailable: {type(error).__name__}: {error}") from error
+
     def create_schema(self) -> None:
         types = {column: "DOUBLE PRECISION" if column in _REAL_COLUMNS else "TEXT" for column in COLUMNS}
         types["action_id"] = "TEXT PRIMARY KEY"
         columns = ", ".join(f"{column} {kind}" for column, kind in types.items())
-        self._execute(
+        self._run(
             [
                 (f"CREATE TABLE IF NOT EXISTS {self.actions} ({columns})", {}),
                 (f"CREATE INDEX IF NOT EXISTS {self.actions}_created ON {self.actions} (created_at)", {}),
@@ -95,7 +109,7 @@ class AuditStore(ABC):
         if not records:
             return
         try:
-            self._execute([(sql, _row(record)) for record in records])
+            self._run([(sql, _row(record)) for record in records])
         except self.unique_violation as error:
             raise BlockConflict(str(error)) from error
 
@@ -105,7 +119,7 @@ class AuditStore(ABC):
             raise ValueError(f"not audit columns: {sorted(unknown)}")
         values = {key: epoch(value) if key in _TIME_COLUMNS else value for key, value in values.items()}
         assignments = ", ".join(f"{column} = :{column}" for column in values)
-        self._execute(
+        self._run(
             [
                 (
                     f"UPDATE {self.actions} SET {assignments} WHERE action_id = :action_id",
@@ -117,7 +131,7 @@ class AuditStore(ABC):
     def _select(self, where: Sequence[str], params: Mapping[str, Any], limit: int) -> list[ActionRecord]:
         condition = " AND ".join(where) or "1 = 1"
         sql = f"SELECT {', '.join(COLUMNS)} FROM {self.actions} WHERE {condition} ORDER BY created_at DESC LIMIT :limit"
-        return [_record(row) for row in self._execute([(sql, {**params, "limit": limit})])]
+        return [_record(row) for row in self._run([(sql, {**params, "limit": limit})])]
 
     def get(self, action_id: str) -> ActionRecord | None:
         found = self._select(["action_id = :action_id"], {"action_id": action_id}, 1)
@@ -141,7 +155,7 @@ class AuditStore(ABC):
             f"UPDATE {self.actions} SET status = :new, updated_at = :now "
             "WHERE action_id = :action_id AND status = :old RETURNING action_id"
         )
-        return bool(self._execute([(sql, {"action_id": action_id, "old": old, "new": new, "now": epoch(now)})]))
+        return bool(self._run([(sql, {"action_id": action_id, "old": old, "new": new, "now": epoch(now)})]))
 
     def _live_blocks(self, extra: str, params: Mapping[str, Any]) -> list[ActionRecord]:
         """Blocks holding an address (or that would, in dry_run): not ended, not an extension."""
@@ -162,7 +176,7 @@ class AuditStore(ABC):
         return self._live_blocks("expires_at <= :now", {"now": epoch(now)})
 
     def get_flag(self, key: str) -> str | None:
-        rows = self._execute([(f"SELECT value FROM {self.state} WHERE key = :key", {"key": key})])
+        rows = self._run([(f"SELECT value FROM {self.state} WHERE key = :key", {"key": key})])
         return rows[0][0] if rows else None
 
     def set_flag(self, key: str, value: str) -> None:
@@ -170,13 +184,14 @@ class AuditStore(ABC):
             f"INSERT INTO {self.state} (key, value) VALUES (:key, :value) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
         )
-        self._execute([(sql, {"key": key, "value": value})])
+        self._run([(sql, {"key": key, "value": value})])
 
 
 class SqliteAuditStore(AuditStore):
     """Embedded default: one SQLite file (WAL journal, full fsync on commit)."""
 
     unique_violation = sqlite3.IntegrityError
+    driver_error = sqlite3.Error
 
     def __init__(self, path: Path, table_prefix: str = "healing_") -> None:
         super().__init__(table_prefix)
@@ -207,6 +222,7 @@ class PostgresAuditStore(AuditStore):
         import psycopg  # only deployments with PostgreSQL need the driver loaded
 
         self.unique_violation = psycopg.errors.UniqueViolation
+        self.driver_error = psycopg.Error
         self.url = url
         self._conn = self._connect()
         self.create_schema()

@@ -143,3 +143,9 @@ class ActionRecord(BaseModel):
             command=self.command,
             expires_at=self.expires_at,
         )
+
+
+class EnforcementState(BaseModel):
+    """Whether self-healing actions of enforced types really run (the stop switch is off)."""
+
+    enforcement_enabled: bool

@@ -218,6 +218,30 @@ def test_self_heal(http: httpx.Client) -> None:
     assert bad.status_code == 400 and bad.json()["detail"][0]["loc"] == ["events", 0, "attack_type"]
 
 
+def test_audit_log_show_revert_and_stop_switch(http: httpx.Client) -> None:
+    event = {"attack_type": "SSH-Patator", "confidence": 0.99, "src_ip": "203.0.113.9", "flow_id": "audit-1"}
+    (action,) = post(http, "/self_heal", {"events": [event]}).json()
+    listed = post(http, "/healing_actions", {"address": "203.0.113.9", "action_type": "block_ip"})
+    assert listed.status_code == 200, listed.text
+    assert [record["action_id"] for record in listed.json()] == [action["action_id"]]
+    shown = post(http, "/healing_action", {"action_id": action["action_id"]}).json()
+    assert (shown["flow_id"], shown["confidence"], shown["mode"]) == ("audit-1", 0.99, "dry_run")
+
+    reverted = post(http, "/healing_revert", {"action_id": action["action_id"]})
+    assert reverted.status_code == 200, reverted.text
+    assert reverted.json()["ended_at"] is not None
+    again = post(http, "/healing_revert", {"action_id": action["action_id"]})
+    assert again.status_code == 409, again.text
+    missing = post(http, "/healing_action", {"action_id": "no-such-id"})
+    assert missing.status_code == 404 and "no-such-id" in missing.text
+    bad_filter = post(http, "/healing_actions", {"address": "not-an-ip"})
+    assert bad_filter.status_code == 400 and "address" in bad_filter.text
+
+    stopped = post(http, "/healing_enforcement", {"enabled": False})
+    assert stopped.status_code == 200 and stopped.json() == {"enforcement_enabled": False}
+    assert post(http, "/healing_enforcement", {"enabled": True}).json() == {"enforcement_enabled": True}
+
+
 def test_analyze(http: httpx.Client) -> None:
     flows = [THREAT_MESSAGE, {**ATTACK_FLOW, "src_ip": "192.0.2.44", "flow_id": "f-9"}]
     response = post(http, "/analyze", {"flows": flows})
