@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from numbers import Integral
 
 import numpy as np
 
@@ -25,7 +26,7 @@ def category_code(value: str | int, categories: Sequence[str]) -> int:
             return list(categories).index(value)
         except ValueError:
             return UNKNOWN_CODE
-    if isinstance(value, bool) or not 0 <= int(value) < len(categories):
+    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < len(categories):
         raise ValueError(f"code must be an integer within [0, {len(categories) - 1}] or a known name")
     return int(value)
 
