@@ -48,7 +48,10 @@ def test_bento_holds_the_service_package_policy_and_models(bento: Path, model_st
         assert (bento / "src" / path).is_file(), path
     assert not (bento / "src" / "tests").exists()
     routes = {route["name"] for route in manifest["schema"]["routes"]}
-    assert routes == {"detect_threat", "classify_attack", "self_heal", "analyze", "analyze_csv", "model_info"}
+    assert routes == {
+        *("detect_threat", "classify_attack", "self_heal", "analyze", "analyze_csv", "model_info"),
+        *("healing_actions", "healing_action", "healing_revert", "healing_enforcement"),
+    }
 
 
 def test_generated_dockerfile_and_pinned_requirements(bento: Path) -> None:
