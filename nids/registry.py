@@ -12,12 +12,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nids.artifacts import ModelLoadError
+from nids.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CLASSES, THREAT_FEATURES
 from nids.validation import ModelsUnavailable
 
 if TYPE_CHECKING:
     from nids.artifacts import LoadedModel
 
 Loader = Callable[[str], "LoadedModel"]
+# what the request schemas assume of each role: (feature names in order, class names in order)
+CONTRACTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "threat": (THREAT_FEATURES, THREAT_CLASSES),
+    "attack": (ATTACK_FEATURES, ATTACK_CLASSES),
+}
+
+
+def check_contract(role: str, model: LoadedModel) -> LoadedModel:
+    """The model, if its features and classes are the ones the API serves for `role`; ModelLoadError if not."""
+    features, classes = CONTRACTS[role]
+    if model.feature_names != features or model.class_names != classes:
+        raise ModelLoadError(
+            f"model {model.tag} cannot serve as the {role} model: its features or classes differ from the "
+            f"{role} contract in nids/features.py ({len(model.feature_names)} features, {len(model.class_names)} "
+            f"classes; expected {len(features)} and {len(classes)})"
+        )
+    return model
 
 
 @dataclass(frozen=True)
@@ -43,7 +62,10 @@ class ModelRegistry:
         The loader's exception propagates; when nothing was active, its message becomes the unready reason.
         """
         try:
-            models = ActiveModels(threat=loader(threat_tag), attack=loader(attack_tag))
+            models = ActiveModels(
+                threat=check_contract("threat", loader(threat_tag)),
+                attack=check_contract("attack", loader(attack_tag)),
+            )
         except Exception as exc:
             with self._lock:
                 if self._active is None:

@@ -15,7 +15,7 @@ import pytest
 from bentoml.exceptions import InvalidArgument
 from pydantic import TypeAdapter, ValidationError
 
-from nids.artifacts import ModelIntegrityError, load_model, load_reference_cases
+from nids.artifacts import ModelIntegrityError, ModelLoadError, load_model, load_reference_cases
 from nids.data import CIC_ORIGINAL, NSL_KDD_TEST
 from nids.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_FEATURES
 from nids.healing.schemas import AttackEvent
@@ -213,6 +213,13 @@ def test_registry_without_models_refuses_with_the_reason(model_store: Any) -> No
     with pytest.raises(Exception, match="not in the BentoML store"):
         registry.load("threat_detector:nosuchversion", model_store.attack_tag, load_model)
     assert "not in the BentoML store" in registry.reason
+
+
+def test_registry_refuses_a_model_in_the_wrong_role(model_store: Any) -> None:
+    registry = ModelRegistry()
+    with pytest.raises(ModelLoadError, match="cannot serve as the threat model"):
+        registry.load(model_store.attack_tag, model_store.threat_tag, load_model)
+    assert not registry.ready and "cannot serve as the threat model" in registry.reason
 
 
 def test_registry_keeps_the_active_pair_when_a_switch_fails(model_store: Any) -> None:
