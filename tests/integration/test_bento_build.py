@@ -50,7 +50,7 @@ def test_bento_holds_the_service_package_policy_and_models(bento: Path, model_st
     routes = {route["name"] for route in manifest["schema"]["routes"]}
     assert routes == {
         *("detect_threat", "classify_attack", "self_heal", "analyze", "analyze_csv", "model_info"),
-        *("healing_actions", "healing_action", "healing_revert", "healing_enforcement"),
+        *("healing_actions", "healing_action", "healing_revert", "healing_enforcement", "ping"),
     }
 
 
