@@ -32,7 +32,6 @@ from nids.schemas import (
     ClassProbability,
     ModelDescription,
     ModelInfo,
-    ReferenceCaseResult,
     ThreatFlow,
     ThreatPrediction,
     flow_kind,
@@ -243,7 +242,7 @@ def describe(model: LoadedModel) -> ModelDescription:
         class_names=list(model.class_names),
         threshold=model.threshold,
         metrics=model.metadata.get("metrics", {}),
-        reference_cases=[ReferenceCaseResult.model_validate(r, from_attributes=True) for r in model.reference_results],
+        reference_cases=list(model.reference_results),
     )
 
 

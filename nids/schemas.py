@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from nids.artifacts import CaseResult
 from nids.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, THREAT_FEATURES
 from nids.healing.schemas import AttackEvent, HealingAction, ip_text
 from nids.registry import REGISTRY
@@ -241,16 +242,6 @@ class AnalyzeResponse(BaseModel):
     )
 
 
-class ReferenceCaseResult(BaseModel):
-    description: str
-    expected_class: int = Field(description="class code (threat detector: 1 = attack)")
-    got_class: int
-    expected_score: float
-    got_score: float
-    tolerance: float
-    passed: bool
-
-
 class ModelDescription(BaseModel):
     tag: str
     name: str
@@ -259,7 +250,7 @@ class ModelDescription(BaseModel):
     class_names: list[str]
     threshold: float | None = Field(description="decision threshold (threat detector)")
     metrics: dict[str, Any] = Field(description="evaluation metrics recorded at training time")
-    reference_cases: list[ReferenceCaseResult] = Field(description="results of the checks run at load time")
+    reference_cases: list[CaseResult] = Field(description="results of the checks run at load time")
 
 
 class ModelInfo(BaseModel):

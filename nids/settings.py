@@ -48,7 +48,3 @@ class Settings(BaseSettings):
         if not name or (":" in tag and not version):
             raise ValueError(f"model tag {tag!r} must look like 'name' or 'name:version'")
         return tag
-
-
-def get_settings() -> Settings:
-    return Settings()
