@@ -1,0 +1,84 @@
+"""`python -m nids.stream` runs the worker; `python -m nids.stream produce FILE.csv|FILE.json` publishes records.
+
+The worker loads and verifies the models (exit 2 when they cannot be served: a worker without models would
+only pile up lag), opens the self-healing engine, serves metrics on NIDS_STREAM_METRICS_PORT, and runs until
+SIGTERM or SIGINT, which settle and commit everything read before it exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from nids.stream.settings import StreamSettings
+
+logger = logging.getLogger("nids.stream")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nids.stream", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="run the worker (the default)")
+    produce = commands.add_parser("produce", help="publish the flow records of a CSV or JSON file")
+    produce.add_argument("file", type=Path, help=".csv, .csv.gz (e.g. data/nsl-kdd/KDDTest+.csv.gz) or .json")
+    produce.add_argument("--limit", type=int, default=None, help="publish at most this many records")
+    produce.add_argument("--topic", default=None, help="default: NIDS_KAFKA_TOPIC")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = StreamSettings()
+    if args.command == "produce":
+        return asyncio.run(_produce(settings, args.file, args.limit, args.topic))
+    return asyncio.run(_run(settings))
+
+
+async def _produce(settings: StreamSettings, path: Path, limit: int | None, topic: str | None) -> int:
+    from nids.stream.produce import encode, publish, read_records
+
+    acknowledged = await publish(settings, encode(read_records(path, limit)), topic)
+    partitions = sorted({md.partition for md in acknowledged})
+    print(f"published {len(acknowledged)} records to {topic or settings.kafka_topic} (partitions {partitions})")
+    return 0
+
+
+async def _run(settings: StreamSettings) -> int:
+    import prometheus_client
+
+    from nids.artifacts import load_model
+    from nids.healing.engine import HealingEngine
+    from nids.registry import REGISTRY
+    from nids.settings import Settings
+    from nids.stream.worker import StreamWorker
+
+    service_settings = Settings()
+    try:
+        REGISTRY.load(service_settings.threat_model_tag, service_settings.attack_model_tag, load_model)
+    except Exception:
+        logger.exception("no models to score with: %s", REGISTRY.reason)
+        return 2
+    engine = HealingEngine.from_settings(service_settings)
+    try:
+        if settings.stream_metrics_port:
+            prometheus_client.start_http_server(settings.stream_metrics_port)
+        worker = StreamWorker(settings, REGISTRY, engine)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.stop)
+        logger.info(
+            "scoring %s from %s: results to %s, invalid records to %s",
+            settings.kafka_topic,
+            settings.kafka_bootstrap_servers,
+            settings.kafka_results_topic,
+            settings.kafka_dlq_topic,
+        )
+        await worker.run()
+    finally:
+        engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
