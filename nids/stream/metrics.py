@@ -38,6 +38,7 @@ class StreamMetrics:
             "Retries after a failure, by what failed",
             ["cause"],  # produce, audit
         )
+        self.assigned = prom.Gauge("nids_stream_assigned_partitions", "Input partitions this worker owns")
         self.paused = prom.Gauge("nids_stream_paused", "1 while consumption is paused for back-pressure")
 
 

@@ -26,6 +26,10 @@ class StreamSettings(BaseSettings):
     kafka_auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a group without committed offsets starts (earliest: nothing is skipped)"
     )
+    kafka_session_timeout_ms: int = Field(
+        10_000, gt=0, description="a worker silent this long is dropped from the group; its partitions move"
+    )
+    kafka_heartbeat_interval_ms: int = Field(3_000, gt=0, description="how often a worker tells the group it lives")
     kafka_acks: Literal["all", "1"] = Field("all", description="acknowledgement a produced result waits for")
     kafka_request_timeout_ms: int = Field(30_000, gt=0, description="broker request timeout (then: retry)")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

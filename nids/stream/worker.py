@@ -82,6 +82,8 @@ class StreamWorker:
             group_id=settings.kafka_group_id,
             enable_auto_commit=False,
             auto_offset_reset=settings.kafka_auto_offset_reset,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             **settings.client_options(),
         )
         self.producer = AIOKafkaProducer(acks=_acks(settings.kafka_acks), linger_ms=5, **settings.client_options())
@@ -258,12 +260,14 @@ class StreamWorker:
     # --- rebalances -------------------------------------------------------------------------------------
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         await self._settle(keep=0)  # every batch read so far: acknowledged and committed
+        self.metrics.assigned.set(0)
         for tp in revoked:
             self._committed.pop(tp, None)
             with contextlib.suppress(KeyError):  # no lag published for it yet
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
 
     def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.metrics.assigned.set(len(assigned))
         if self._holds:  # still paused for back-pressure: so are the new partitions
             self.consumer.pause(*assigned)
 

@@ -214,6 +214,9 @@ def stream(model_store, tmp_path: Path) -> Iterator[Stream]:
             "NIDS_ATTACK_MODEL_TAG": model_store.attack_tag,
             "NIDS_DATA_DIR": str(tmp_path / "var"),
             "NIDS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            # a killed worker's partitions move after 2 s, not 10 (the group waits that long for it to answer)
+            "NIDS_KAFKA_SESSION_TIMEOUT_MS": "2000",
+            "NIDS_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
         }
         stream = Stream(broker, env, tmp_path)
         try:
