@@ -31,7 +31,9 @@ class StreamSettings(BaseSettings):
     )
     kafka_heartbeat_interval_ms: int = Field(3_000, gt=0, description="how often a worker tells the group it lives")
     kafka_acks: Literal["all", "1"] = Field("all", description="acknowledgement a produced result waits for")
-    kafka_request_timeout_ms: int = Field(30_000, gt=0, description="broker request timeout (then: retry)")
+    kafka_ack_timeout_ms: int = Field(
+        30_000, gt=0, description="longest wait for the broker to acknowledge a result (then re-sent) or a commit"
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
@@ -53,7 +55,6 @@ class StreamSettings(BaseSettings):
         options: dict[str, Any] = {
             "bootstrap_servers": self.kafka_bootstrap_servers,
             "client_id": self.kafka_client_id,
-            "request_timeout_ms": self.kafka_request_timeout_ms,
             "security_protocol": self.kafka_security_protocol,
         }
         if self.kafka_security_protocol in ("SSL", "SASL_SSL"):

@@ -86,7 +86,12 @@ class StreamWorker:
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             **settings.client_options(),
         )
-        self.producer = AIOKafkaProducer(acks=_acks(settings.kafka_acks), linger_ms=5, **settings.client_options())
+        self.producer = AIOKafkaProducer(
+            acks=_acks(settings.kafka_acks),
+            linger_ms=5,
+            request_timeout_ms=settings.kafka_ack_timeout_ms,
+            **settings.client_options(),
+        )
         self._stopping = asyncio.Event()
         self._in_flight: deque[InFlight] = deque()
         self._settling = asyncio.Lock()
@@ -229,9 +234,13 @@ class StreamWorker:
         if not owned:
             return
         try:
-            await self.consumer.commit(owned)
+            await asyncio.wait_for(self.consumer.commit(owned), self.settings.kafka_ack_timeout_ms / 1000)
         except (CommitFailedError, IllegalStateError) as error:
             logger.warning("commit refused (rebalanced meanwhile; those records will be read again): %s", error)
+            return
+        except (KafkaError, TimeoutError) as error:  # the next commit covers these records, or they are read again
+            self.metrics.retries.labels("commit").inc()
+            logger.warning("commit failed: %r", error)
             return
         self._committed.update(owned)
 

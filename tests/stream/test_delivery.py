@@ -152,3 +152,18 @@ def test_audit_log_outage_pauses_consumption_and_retries_without_dropping(stream
     assert decisions == 200  # one audited decision per attack record, none lost and none twice
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
+
+
+def test_broker_outage_pauses_consumption_and_resends_without_loss(stream: Stream) -> None:
+    """The broker stops answering (SIGSTOP) while results are being produced; they are re-sent after it resumes."""
+    worker = stream.worker(**SMALL_BATCHES, NIDS_KAFKA_ACK_TIMEOUT_MS="1000", NIDS_STREAM_MAX_RETRY_SECONDS="0.5")
+    sent = stream.produce_records(threat_records(12_000))
+    worker.wait_for(lambda m: m.get(OUT, 0) > 0)
+    stream.broker.process.send_signal(signal.SIGSTOP)
+    try:
+        held = worker.wait_for(lambda m: m.get("nids_stream_paused") == 1)
+        assert held['nids_stream_retries_total{cause="produce"}'] >= 1
+    finally:
+        stream.broker.process.send_signal(signal.SIGCONT)
+    assert_every_record_answered_once_at_least(stream.answers(set(sent)), sent)
+    worker.wait_for(lambda m: m.get("nids_stream_paused") == 0)
