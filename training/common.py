@@ -14,17 +14,10 @@ import bentoml
 import numpy as np
 import pandas as pd
 
-from nids.artifacts import (
-    LoadedModel,
-    ModelLoadError,
-    OnnxPredictor,
-    ReferenceCase,
-    load_model,
-    save_model,
-    to_onnx_bytes,
-)
-from nids.data import LABEL, Split, rows_of
-from nids.encoding import to_matrix
+from nids.core.encoding import to_matrix
+from nids.core.model import LoadedModel, ReferenceCase
+from nids.models.artifacts import ModelLoadError, OnnxPredictor, load_model, save_model
+from training.data import LABEL, Split, rows_of
 
 # largest |P_onnx - P_sklearn| accepted before the ONNX form is stored
 ONNX_PARITY_TOLERANCE = 1e-4
@@ -60,6 +53,14 @@ def jsonable_params(estimator: Any) -> dict[str, str | int | float | bool]:
         key: value if isinstance(value, str | int | float | bool) else repr(value)
         for key, value in estimator.get_params(deep=False).items()
     }
+
+
+def to_onnx_bytes(estimator: Any, n_features: int) -> bytes:
+    """ONNX form of a fitted scikit-learn classifier: float32 input, probabilities without zipmap."""
+    from skl2onnx import to_onnx
+
+    sample = np.zeros((1, n_features), dtype=np.float32)
+    return to_onnx(estimator, sample, options={id(estimator): {"zipmap": False}}).SerializeToString()
 
 
 def onnx_with_parity(

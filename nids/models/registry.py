@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nids.artifacts import ModelLoadError
-from nids.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CLASSES, THREAT_FEATURES
-from nids.validation import ModelsUnavailable
+from nids.core.errors import ModelsUnavailable
+from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CLASSES, THREAT_FEATURES
+from nids.core.model import ActiveModels
+from nids.models.artifacts import ModelLoadError
 
 if TYPE_CHECKING:
-    from nids.artifacts import LoadedModel
+    from nids.core.model import LoadedModel
 
 Loader = Callable[[str], "LoadedModel"]
 # what the request schemas assume of each role: (feature names in order, class names in order)
@@ -33,19 +33,10 @@ def check_contract(role: str, model: LoadedModel) -> LoadedModel:
     if model.feature_names != features or model.class_names != classes:
         raise ModelLoadError(
             f"model {model.tag} cannot serve as the {role} model: its features or classes differ from the "
-            f"{role} contract in nids/features.py ({len(model.feature_names)} features, {len(model.class_names)} "
+            f"{role} contract in nids/core/features.py ({len(model.feature_names)} features, {len(model.class_names)} "
             f"classes; expected {len(features)} and {len(classes)})"
         )
     return model
-
-
-@dataclass(frozen=True)
-class ActiveModels:
-    threat: LoadedModel
-    attack: LoadedModel
-
-    def by_role(self) -> dict[str, LoadedModel]:
-        return {"threat": self.threat, "attack": self.attack}
 
 
 class ModelRegistry:

@@ -18,35 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
-from http import HTTPStatus
 from typing import Literal
 
-from bentoml.exceptions import BentoMLException
 from pydantic_core import PydanticCustomError
 
-from nids.features import ATTACK_FEATURES
-from nids.settings import Settings
+from nids.core.errors import RequestTooLarge
+from nids.core.features import ATTACK_FEATURES
+from nids.core.settings import get_settings
 
 InfPolicy = Literal["zero", "error"]
-
-
-class RequestTooLarge(BentoMLException):
-    """A request over the row or byte limit: HTTP 413."""
-
-    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-
-class Conflict(BentoMLException):
-    """The request contradicts the current state (e.g. reverting an action that already ended): HTTP 409."""
-
-    error_code = HTTPStatus.CONFLICT
-
-
-class ModelsUnavailable(BentoMLException):
-    """No verified models are active: HTTP 503 (the reason is in the message)."""
-
-    error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -125,12 +105,6 @@ def reject_bool(value: object) -> object:
     return value
 
 
-@cache
-def limits() -> Settings:
-    """Settings as read once per process (the request limits are on the hot path)."""
-    return Settings()
-
-
 def _check_rows(rows: object, limit: int, setting: str, hint: str = "") -> object:
     if isinstance(rows, list | tuple) and len(rows) > limit:
         raise RequestTooLarge(f"{len(rows)} rows in one request; the limit is {limit} ({setting}){hint}")
@@ -139,10 +113,10 @@ def _check_rows(rows: object, limit: int, setting: str, hint: str = "") -> objec
 
 def check_row_count(rows: object) -> object:
     """Refuse a body with more rows than settings.max_rows_per_request before validating any of them."""
-    return _check_rows(rows, limits().max_rows_per_request, "NIDS_MAX_ROWS_PER_REQUEST")
+    return _check_rows(rows, get_settings().max_rows_per_request, "NIDS_MAX_ROWS_PER_REQUEST")
 
 
 def check_batched_row_count(rows: object) -> object:
     """The batched APIs answer within the latency budget only up to settings.max_rows_per_batched_request."""
     hint = "; split the request, or send bulk scoring to /analyze or /analyze_csv"
-    return _check_rows(rows, limits().max_rows_per_batched_request, "NIDS_MAX_ROWS_PER_BATCHED_REQUEST", hint)
+    return _check_rows(rows, get_settings().max_rows_per_batched_request, "NIDS_MAX_ROWS_PER_BATCHED_REQUEST", hint)

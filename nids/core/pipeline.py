@@ -1,27 +1,27 @@
-"""What the APIs do, independent of BentoML: validated flows in, predictions and actions out.
+"""What the APIs do, independent of any server: validated flows in, predictions and actions out.
 
 Every function takes the models snapshot it works with (`ModelRegistry.active()`), so a version switch
-never mixes two versions inside one request. Rows become matrices only through nids.encoding.to_matrix;
-the rest is vectorised over the batch.
+never mixes two versions inside one request. Rows become matrices only through nids.core.encoding.to_matrix;
+the rest is vectorised over the batch. Self-healing is a `Healer` (the engine's `handle`), and what was
+predicted is reported to an `Observer` (the service's Prometheus metrics): the core knows neither.
 """
 
 from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from bentoml.exceptions import InvalidArgument
 from pydantic import TypeAdapter
 
-from nids.encoding import to_matrix
-from nids.features import THREAT_FEATURES
-from nids.healing.schemas import AttackEvent, HealingAction
-from nids.metrics import service_metrics
-from nids.schemas import (
+from nids.core.actions import AttackEvent, HealingAction
+from nids.core.encoding import to_matrix
+from nids.core.errors import InvalidInput, RequestTooLarge
+from nids.core.features import THREAT_CATEGORICAL, THREAT_FEATURES
+from nids.core.schemas import (
     ATTACK_ATTRIBUTE,
     CONTEXT_FIELDS,
     AnalyzeFlow,
@@ -36,13 +36,23 @@ from nids.schemas import (
     ThreatPrediction,
     flow_kind,
 )
-from nids.validation import RequestTooLarge
 
 if TYPE_CHECKING:
-    from nids.artifacts import LoadedModel
-    from nids.healing.engine import HealingEngine
-    from nids.registry import ActiveModels
-    from nids.schemas import AttackFlow
+    from nids.core.model import ActiveModels, LoadedModel
+    from nids.core.schemas import AttackFlow
+
+Healer = Callable[[Sequence[AttackEvent]], list[HealingAction]]
+
+
+class Observer(Protocol):
+    """Told what was predicted and decided (e.g. to count it); every method is called once per batch."""
+
+    def count_threats(self, is_attack: np.ndarray) -> None: ...
+
+    def count_attacks(self, codes: np.ndarray, class_names: Sequence[str]) -> None: ...
+
+    def count_actions(self, actions: Iterable[HealingAction]) -> None: ...
+
 
 TOP_CLASSES = 3
 BENIGN_CODE = 0  # ATTACK_CLASSES[0] == "BENIGN"
@@ -71,14 +81,38 @@ def probabilities(model: LoadedModel, flows: Sequence[ThreatFlow] | Sequence[Att
     return np.clip(model.predict_proba(to_matrix(flows, model.feature_names, model.encoders)), 0.0, 1.0)
 
 
-def detect_threats(models: ActiveModels, flows: Sequence[ThreatFlow]) -> list[ThreatPrediction]:
+def check_codes(model: LoadedModel, flows: Sequence[ThreatFlow], rows: Sequence[int] | None = None) -> None:
+    """Refuse category codes past the serving model's categories (400 naming row and field).
+
+    `rows` are the flows' positions in the request (default: 0..n-1), so the error names the row the caller sent.
+    """
+    detail = []
+    for position, flow in enumerate(flows):
+        for feature in THREAT_CATEGORICAL:
+            value, high = flow[feature], len(model.encoders.get(feature, ())) - 1
+            if isinstance(value, int) and value > high:
+                row = position if rows is None else rows[position]
+                message = f"Input should be a known name or a code within [0, {high}]"
+                detail.append({"loc": ["flows", row, feature], "msg": message, "type": "category_code"})
+    if detail:
+        raise InvalidInput(f"{len(detail)} invalid field(s) in the request", detail=detail)
+
+
+def detect_threats(
+    models: ActiveModels,
+    flows: Sequence[ThreatFlow],
+    observer: Observer | None = None,
+    rows: Sequence[int] | None = None,
+) -> list[ThreatPrediction]:
     model = models.threat
     if not flows:
         return []
+    check_codes(model, flows, rows)
     scores = probabilities(model, flows)[:, 1]
     threshold = float(model.threshold if model.threshold is not None else 0.5)  # none recorded: argmax
     is_attack = scores >= threshold
-    service_metrics().count_threats(is_attack)
+    if observer is not None:
+        observer.count_threats(is_attack)
     return [
         ThreatPrediction(
             **flow.context(),
@@ -91,19 +125,22 @@ def detect_threats(models: ActiveModels, flows: Sequence[ThreatFlow]) -> list[Th
     ]
 
 
-def classify_attacks(models: ActiveModels, flows: Sequence[AttackFlow]) -> list[AttackPrediction]:
-    return _attack_predictions(models.attack, flows, probabilities(models.attack, flows))[0]
+def classify_attacks(
+    models: ActiveModels, flows: Sequence[AttackFlow], observer: Observer | None = None
+) -> list[AttackPrediction]:
+    return _attack_predictions(models.attack, flows, probabilities(models.attack, flows), observer)[0]
 
 
 def _attack_predictions(
-    model: LoadedModel, flows: Sequence[AttackFlow], proba: np.ndarray
+    model: LoadedModel, flows: Sequence[AttackFlow], proba: np.ndarray, observer: Observer | None
 ) -> tuple[list[AttackPrediction], np.ndarray]:
     """Predictions from the probability matrix, and the predicted codes."""
     if not flows:
         return [], np.empty(0, dtype=np.int64)
     top = np.argsort(-proba, axis=1, kind="stable")[:, :TOP_CLASSES]
     codes = top[:, 0]
-    service_metrics().count_attacks(codes, model.class_names)
+    if observer is not None:
+        observer.count_attacks(codes, model.class_names)
     names = model.class_names
     predictions = [
         AttackPrediction(
@@ -122,13 +159,16 @@ def _attack_predictions(
     return predictions, codes
 
 
-def self_heal(engine: HealingEngine, events: Sequence[AttackEvent]) -> list[HealingAction]:
-    actions = engine.handle(events)
-    service_metrics().count_actions(actions)
+def self_heal(heal: Healer, events: Sequence[AttackEvent], observer: Observer | None = None) -> list[HealingAction]:
+    actions = heal(events)
+    if observer is not None:
+        observer.count_actions(actions)
     return actions
 
 
-def analyze(models: ActiveModels, engine: HealingEngine, items: Sequence[AnalyzeFlow]) -> AnalyzeResponse:
+def analyze(
+    models: ActiveModels, heal: Healer, items: Sequence[AnalyzeFlow], observer: Observer | None = None
+) -> AnalyzeResponse:
     """The whole pipeline per flow: threat verdict, attack type and self-healing action (42-feature flows).
 
     A 42-feature flow's threat verdict comes from the classifier: score = 1 - P(BENIGN), attack when the
@@ -141,11 +181,11 @@ def analyze(models: ActiveModels, engine: HealingEngine, items: Sequence[Analyze
     attack_flows = [flows[i] for i in attack_index]
 
     results: dict[int, AnalyzeResult] = {}
-    for i, prediction in zip(threat_index, detect_threats(models, threat_flows), strict=True):
+    for i, prediction in zip(threat_index, detect_threats(models, threat_flows, observer, threat_index), strict=True):
         results[i] = AnalyzeResult(**_echo(prediction), index=i, kind="threat", threat_prediction=prediction)
 
     proba = probabilities(models.attack, attack_flows) if attack_flows else np.empty((0, 0))
-    attack_predictions, codes = _attack_predictions(models.attack, attack_flows, proba)
+    attack_predictions, codes = _attack_predictions(models.attack, attack_flows, proba, observer)
     events = [
         AttackEvent(
             attack_type=p.attack_type_name,
@@ -158,7 +198,7 @@ def analyze(models: ActiveModels, engine: HealingEngine, items: Sequence[Analyze
         )
         for p in attack_predictions
     ]
-    actions = self_heal(engine, events) if events else []
+    actions = self_heal(heal, events, observer) if events else []
     benign_proba = proba[:, BENIGN_CODE] if attack_flows else np.empty(0)
     for i, prediction, p_benign, code, action in zip(
         attack_index, attack_predictions, benign_proba, codes, actions, strict=True
@@ -215,7 +255,7 @@ def read_csv(path: Path, *, max_rows: int, max_bytes: int) -> tuple[list[Analyze
                     raise RequestTooLarge(f"the CSV file has more than {max_rows} rows (NIDS_MAX_ROWS_PER_REQUEST)")
                 rows.append({keep[j]: value for j, value in enumerate(line) if j in keep and value != ""})
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidArgument(f"the file is not a UTF-8 CSV file: {exc}") from exc
+        raise InvalidInput(f"the file is not a UTF-8 CSV file: {exc}") from exc
     ignored = [name for j, name in enumerate(header) if j not in keep]
     return _CSV_ROWS.validate_python(rows), ignored
 

@@ -12,20 +12,18 @@ import bentoml
 import pandas as pd
 import prometheus_client
 import pytest
-from bentoml.exceptions import InvalidArgument
 from pydantic import TypeAdapter, ValidationError
 
-from nids.artifacts import ModelIntegrityError, ModelLoadError, load_model, load_reference_cases
-from nids.data import CIC_ORIGINAL, NSL_KDD_TEST
-from nids.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_FEATURES
-from nids.healing.schemas import AttackEvent
-from nids.registry import ModelRegistry
-from nids.schemas import AnalyzeFlow, AttackFlow, ThreatFlow
-from nids.validation import ModelsUnavailable, RequestTooLarge, limits
+from nids.core.actions import AttackEvent
+from nids.core.errors import InvalidInput, RequestTooLarge
+from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_FEATURES
+from nids.core.schemas import AnalyzeFlow, AttackFlow, ThreatFlow
+from nids.models.artifacts import load_reference_cases
+from training.data import CIC_ORIGINAL, NSL_KDD_TEST
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*__get_pydantic_core_schema__:DeprecationWarning")  # BentoML's
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 THREAT_MESSAGE: dict[str, Any] = json.loads((FIXTURES / "original_threat_message.json").read_text())
 ATTACK_FLOW: dict[str, Any] = json.loads((FIXTURES / "original_attack_flow.json").read_text())
 CONTEXT = {"flow_id": "f-42", "src_ip": "192.0.2.10", "dst_ip": "198.51.100.2", "src_port": 40022, "timestamp": "t0"}
@@ -34,7 +32,7 @@ CONTEXT = {"flow_id": "f-42", "src_ip": "192.0.2.10", "dst_ip": "198.51.100.2", 
 @pytest.fixture(scope="module")
 def service(model_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """NIDSService instantiated in-process on the session store (audit log in a temp dir)."""
-    from service import NIDSService
+    from nids.serving.service import NIDSService
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NIDS_DATA_DIR", str(tmp_path_factory.mktemp("service-data")))
@@ -170,19 +168,15 @@ def test_analyze_csv_names_row_and_column_of_a_bad_cell(service: Any, tmp_path: 
 def test_analyze_csv_refuses_a_file_that_is_not_utf8_text(service: Any, tmp_path: Path) -> None:
     path = tmp_path / "flows.csv"
     path.write_bytes(b"\xff\xfe\x00 not a csv")
-    with pytest.raises(InvalidArgument, match="not a UTF-8 CSV") as caught:
+    with pytest.raises(InvalidInput, match="not a UTF-8 CSV") as caught:
         service.analyze_csv(path)
-    assert caught.value.error_code == 400
+    assert caught.value.status_code == 400
 
 
 def test_analyze_csv_row_limit(service: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NIDS_MAX_ROWS_PER_REQUEST", "5")
-    limits.cache_clear()
-    try:
-        with pytest.raises(RequestTooLarge, match="more than 5 rows"):
-            service.analyze_csv(write_cic_csv(tmp_path / "flows.csv", 6))
-    finally:
-        limits.cache_clear()
+    with pytest.raises(RequestTooLarge, match="more than 5 rows"):
+        service.analyze_csv(write_cic_csv(tmp_path / "flows.csv", 6))
 
 
 def test_model_info(service: Any, model_store: Any) -> None:
@@ -202,33 +196,3 @@ def test_predictions_are_counted(service: Any) -> None:
     before = metric("nids_predictions_total", **labels)
     service.classify_attack(attack_flows(ATTACK_FLOW, ATTACK_FLOW))
     assert metric("nids_predictions_total", **labels) == before + 2
-
-
-def test_registry_without_models_refuses_with_the_reason(model_store: Any) -> None:
-    registry = ModelRegistry()
-    assert not registry.ready
-    with pytest.raises(ModelsUnavailable, match="not loaded yet") as caught:
-        registry.active()
-    assert caught.value.error_code == 503
-    with pytest.raises(Exception, match="not in the BentoML store"):
-        registry.load("threat_detector:nosuchversion", model_store.attack_tag, load_model)
-    assert "not in the BentoML store" in registry.reason
-
-
-def test_registry_refuses_a_model_in_the_wrong_role(model_store: Any) -> None:
-    registry = ModelRegistry()
-    with pytest.raises(ModelLoadError, match="cannot serve as the threat model"):
-        registry.load(model_store.attack_tag, model_store.threat_tag, load_model)
-    assert not registry.ready and "cannot serve as the threat model" in registry.reason
-
-
-def test_registry_keeps_the_active_pair_when_a_switch_fails(model_store: Any) -> None:
-    registry = ModelRegistry()
-    active = registry.load(model_store.threat_tag, model_store.attack_tag, load_model)
-
-    def broken(tag: str) -> Any:
-        raise ModelIntegrityError(f"model {tag}: file model.onnx does not match its recorded sha256")
-
-    with pytest.raises(ModelIntegrityError):
-        registry.load(model_store.threat_tag, model_store.attack_tag, broken)
-    assert registry.active() is active and registry.reason == ""

@@ -2,9 +2,9 @@
 
 Flows are validated here, per request and before adaptive batching merges requests, so one client's bad
 row can never fail another client's batch. Every rule error carries its location (row index, field) and a
-message naming the rule; the rules themselves live in nids.validation.
+message naming the rule; the rules themselves live in nids.core.validation.
 
-Flow models can be passed straight to nids.encoding.to_matrix: `flow["<canonical feature name>"]` reads the
+Flow models can be passed straight to nids.core.encoding.to_matrix: `flow["<canonical feature name>"]` reads the
 feature, so no per-row dictionaries are built on the hot path.
 """
 
@@ -22,17 +22,16 @@ from pydantic import (
     Field,
     RootModel,
     Tag,
-    ValidationInfo,
     create_model,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from nids.artifacts import CaseResult
-from nids.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, THREAT_FEATURES
-from nids.healing.schemas import AttackEvent, HealingAction, ip_text
-from nids.registry import REGISTRY
-from nids.validation import (
+from nids.core.actions import AttackEvent, HealingAction
+from nids.core.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, THREAT_FEATURES
+from nids.core.model import CaseResult
+from nids.core.net import IpAddress
+from nids.core.validation import (
     ATTACK_RULES,
     THREAT_RULES,
     FeatureRule,
@@ -71,10 +70,8 @@ class FlowContext(Echoed):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @field_validator("src_ip", "dst_ip")
-    @classmethod
-    def _valid_ip(cls, value: str | None) -> str | None:
-        return ip_text(value)
+    src_ip: IpAddress = Field(None, description="source IPv4/IPv6 address (block_ip acts on it)")
+    dst_ip: IpAddress = Field(None, description="destination IPv4/IPv6 address")
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -89,21 +86,20 @@ class FlowContext(Echoed):
 CONTEXT_FIELDS: tuple[str, ...] = tuple(FlowContext.model_fields)
 
 
-def _category(value: object, info: ValidationInfo) -> str | int:
-    """`service` / `flag`: a name (unknown names are allowed: the model has a code for them) or a code."""
+def _category(value: object) -> str | int:
+    """`service` / `flag`: a name (unknown names are allowed: the model has a code for them) or a code >= 0.
+
+    A code's upper bound depends on the model that serves the request: the pipeline checks it against that
+    model's categories (nids.core.pipeline), so validation never reads a second model snapshot.
+    """
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise PydanticCustomError("category_type", "Input should be a category name or an integer code")
     if isinstance(value, str) and value.strip().isdigit():  # codes from CSV uploads arrive as text
         value = int(value)
-    if isinstance(value, int):
-        categories = REGISTRY.categories(info.field_name or "")
-        high = None if categories is None else len(categories) - 1
-        if value < 0 or (high is not None and value > high):
-            raise PydanticCustomError(
-                "category_code",
-                "Input should be a known name or a code within [0, {high}]",
-                {"high": "n-1" if high is None else high},
-            )
+    if isinstance(value, int) and value < 0:
+        raise PydanticCustomError(
+            "category_code", "Input should be a known name or a code within [0, {high}]", {"high": "n-1"}
+        )
     return value
 
 

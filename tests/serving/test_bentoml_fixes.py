@@ -8,7 +8,7 @@ from typing import Any
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from nids import bentoml_fixes
+from nids.serving import bentoml_fixes
 
 
 def run(app: Any, timeout: float) -> tuple[list[dict[str, Any]], list[asyncio.TimerHandle]]:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nids.data import (
+from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_FEATURES
+from training.data import (
     CIC_IMPROVED,
     CIC_ORIGINAL,
     LABEL,
@@ -23,7 +24,6 @@ from nids.data import (
     load_nsl_kdd,
     sha256_file,
 )
-from nids.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_FEATURES
 
 
 def real_rows(path: Path, n: int) -> pd.DataFrame:

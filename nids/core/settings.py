@@ -1,13 +1,27 @@
-"""All runtime configuration in one place: environment variables prefixed NIDS_ (or a .env file)."""
+"""All runtime configuration in one typed object: environment variables prefixed NIDS_ (or a .env file).
+
+`get_settings()` reads them once per process and validates them at start: a bad value stops startup with a
+message naming the variable. Every layer takes what it needs from this one object.
+"""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AnyUrl, Field, UrlConstraints, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nids.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
+from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
+
+# sqlite:///relative/path, sqlite:////absolute/path or postgresql://user@host:port/database
+DatabaseUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["sqlite", "postgresql", "postgres"])]
+
+
+def sqlite_path(url: AnyUrl) -> Path:
+    """The file of a sqlite:/// URL (three slashes: relative; four: absolute)."""
+    return Path((url.path or "").removeprefix("/"))
 
 
 class Settings(BaseSettings):
@@ -27,12 +41,17 @@ class Settings(BaseSettings):
         32 * 1024 * 1024, gt=0, description="JSON request bodies above this get 413 (10,000 spaced-name flows ~ 15 MB)"
     )
 
+    # --- logging -------------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="level of the nids.* loggers (refused requests are logged at INFO, without payload)"
+    )
+
     # --- data directory (audit log, state) ------------------------------------------------------------
     data_dir: Path = Field(Path("var"), description="where the service keeps its own state")
 
     # --- self-healing (docs/self-healing.md) ------------------------------------------------------------
     healing_policy_file: Path = Field(Path("config/healing.yaml"), description="attack type -> action policy")
-    healing_audit_url: str | None = Field(
+    healing_audit_url: DatabaseUrl | None = Field(
         None, description="sqlite:///path or postgresql://...; default: SQLite file healing-audit.sqlite3 in data_dir"
     )
     healing_audit_table_prefix: str = Field("healing_", description="prefix of the audit tables")
@@ -48,3 +67,15 @@ class Settings(BaseSettings):
         if not name or (":" in tag and not version):
             raise ValueError(f"model tag {tag!r} must look like 'name' or 'name:version'")
         return tag
+
+    @property
+    def audit_url(self) -> AnyUrl:
+        """The audit log's database: the configured URL, or the SQLite file in data_dir."""
+        default = AnyUrl(f"sqlite:///{self.data_dir / 'healing-audit.sqlite3'}")
+        return self.healing_audit_url or default
+
+
+@cache
+def get_settings() -> Settings:
+    """The settings as read once per process (the request limits are read on the hot path)."""
+    return Settings()

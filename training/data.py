@@ -2,7 +2,7 @@
 
 Every loader checks the columns and types it needs and fails with a `DataValidationError` naming the file,
 the column and the rule that was broken. Loaders return feature frames keyed by the canonical feature names
-of `nids.features` (THREAT_FEATURES, ATTACK_FEATURES), so `nids.encoding.to_matrix` encodes them exactly as
+of `nids.core.features` (THREAT_FEATURES, ATTACK_FEATURES), so `nids.core.encoding.to_matrix` encodes them exactly as
 the service encodes requests.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from nids.features import (
+from nids.core.features import (
     ATTACK_CLASSES,
     ATTACK_FEATURES,
     ATTACK_IMPROVED_COLUMNS,

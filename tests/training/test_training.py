@@ -6,14 +6,14 @@ import bentoml
 import numpy as np
 import pytest
 
-from nids.artifacts import load_model
-from nids.data import CIC_IMPROVED, CIC_ORIGINAL, LABEL, NSL_KDD_TEST, load_nsl_kdd, rows_of
-from nids.encoding import to_matrix
-from nids.evaluation import fpr_threshold
-from nids.features import THREAT_FEATURES
-from nids.train_attack import AttackConfig, train_attack
-from nids.train_threat import ThreatConfig, train_threat
+from nids.core.encoding import to_matrix
+from nids.core.features import THREAT_FEATURES
+from nids.models.artifacts import load_model
 from training import train_all
+from training.attack import AttackConfig, train_attack
+from training.data import CIC_IMPROVED, CIC_ORIGINAL, LABEL, NSL_KDD_TEST, load_nsl_kdd, rows_of
+from training.evaluation import fpr_threshold
+from training.threat import ThreatConfig, train_threat
 
 
 def test_fpr_threshold_is_the_lowest_within_the_bound(model_store):

@@ -9,18 +9,17 @@ import pytest
 from pydantic import TypeAdapter
 from pydantic_core import PydanticCustomError
 
-from nids.data import CIC_IMPROVED, CIC_ORIGINAL, NSL_KDD_TEST, NSL_KDD_TRAIN
-from nids.features import ATTACK_FEATURES, ATTACK_IMPROVED_COLUMNS, THREAT_FEATURES
-from nids.schemas import AttackFlow, ThreatFlow
-from nids.validation import (
+from nids.core.errors import RequestTooLarge
+from nids.core.features import ATTACK_FEATURES, ATTACK_IMPROVED_COLUMNS, THREAT_FEATURES
+from nids.core.schemas import AttackFlow, ThreatFlow
+from nids.core.validation import (
     ATTACK_RULES,
     THREAT_RULES,
     FeatureRule,
-    RequestTooLarge,
     check_batched_row_count,
     check_row_count,
-    limits,
 )
+from training.data import CIC_IMPROVED, CIC_ORIGINAL, NSL_KDD_TEST, NSL_KDD_TRAIN
 
 
 def _error_type(rule: FeatureRule, value: float) -> str:
@@ -111,13 +110,9 @@ def test_every_real_nsl_kdd_row_is_accepted(path: object) -> None:
 def test_row_limits_refuse_with_413(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NIDS_MAX_ROWS_PER_REQUEST", "3")
     monkeypatch.setenv("NIDS_MAX_ROWS_PER_BATCHED_REQUEST", "2")
-    limits.cache_clear()
-    try:
-        assert check_row_count([{}] * 3) == [{}] * 3
-        with pytest.raises(RequestTooLarge, match=r"4 rows.*limit is 3.*NIDS_MAX_ROWS_PER_REQUEST") as caught:
-            check_row_count([{}] * 4)
-        assert caught.value.error_code == 413
-        with pytest.raises(RequestTooLarge, match=r"3 rows.*limit is 2.*/analyze"):
-            check_batched_row_count([{}] * 3)
-    finally:
-        limits.cache_clear()
+    assert check_row_count([{}] * 3) == [{}] * 3
+    with pytest.raises(RequestTooLarge, match=r"4 rows.*limit is 3.*NIDS_MAX_ROWS_PER_REQUEST") as caught:
+        check_row_count([{}] * 4)
+    assert caught.value.status_code == 413
+    with pytest.raises(RequestTooLarge, match=r"3 rows.*limit is 2.*/analyze"):
+        check_batched_row_count([{}] * 3)

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from nids.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, THREAT_FEATURES
-from nids.schemas import AnalyzeFlow, AttackFlow, ThreatFlow, flow_kind
+from nids.core.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, THREAT_FEATURES
+from nids.core.schemas import AnalyzeFlow, AttackFlow, ThreatFlow, flow_kind
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 # the original system's threat message, unchanged
 THREAT_MESSAGE: dict[str, Any] = json.loads((FIXTURES / "original_threat_message.json").read_text())
 # a real SSH-Patator flow of the original CIC-IDS2017 release (data/cic-ids2017), under the spaced names

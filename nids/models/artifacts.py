@@ -14,9 +14,10 @@ import io
 import json
 import platform
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ import joblib
 import numpy as np
 from bentoml.exceptions import BentoMLException, NotFound
 
-from nids.encoding import to_matrix
+from nids.core.errors import NIDSError
+from nids.core.model import CaseResult, LoadedModel, ReferenceCase, run_reference_cases
 
 ESTIMATOR_FILE = "estimator.joblib"
 ONNX_FILE = "model.onnx"
@@ -50,38 +52,14 @@ _LIBRARIES = ("bentoml", "scikit-learn", "numpy", "pandas", "joblib", "onnx", "o
 _REPO_DIR = Path(__file__).resolve().parent.parent
 
 
-class ModelLoadError(Exception):
-    """A model cannot be served; str(error) is a one-line human reason."""
+class ModelLoadError(NIDSError):
+    """A model cannot be served; str(error) is a one-line human reason (422 when asked to serve it)."""
+
+    status_code = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
 class ModelIntegrityError(ModelLoadError):
     """A model file is missing or altered, or the metadata is incomplete."""
-
-
-@dataclass(frozen=True)
-class ReferenceCase:
-    """A real held-out row with the output the model gave it at training time.
-
-    Threat detector: expected_score = P(attack), expected_class = int(score >= threshold).
-    Attack classifier: expected_class = the predicted class, expected_score = P(expected_class).
-    """
-
-    description: str
-    features: dict[str, float | int | str]
-    expected_class: int
-    expected_score: float
-    tolerance: float
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    description: str
-    expected_class: int
-    got_class: int
-    expected_score: float
-    got_score: float
-    tolerance: float
-    passed: bool
 
 
 class ReferenceCaseError(ModelLoadError):
@@ -128,42 +106,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def class_and_score(proba: np.ndarray, expected_class: int, threshold: float | None) -> tuple[int, float]:
-    """The class and score a reference case is judged by, from one row of probabilities."""
-    if threshold is not None:
-        score = float(proba[1])
-        return int(score >= threshold), score
-    return int(np.argmax(proba)), float(proba[expected_class])
-
-
-def run_reference_cases(
-    predict_proba: Callable[[np.ndarray], np.ndarray],
-    cases: Sequence[ReferenceCase],
-    feature_names: Sequence[str],
-    encoders: Mapping[str, Sequence[str]],
-    threshold: float | None,
-) -> tuple[CaseResult, ...]:
-    if not cases:
-        return ()
-    proba = predict_proba(to_matrix([case.features for case in cases], feature_names, encoders))
-    results = []
-    for case, row in zip(cases, proba, strict=True):
-        got_class, got_score = class_and_score(row, case.expected_class, threshold)
-        passed = got_class == case.expected_class and abs(got_score - case.expected_score) <= case.tolerance
-        results.append(
-            CaseResult(
-                description=case.description,
-                expected_class=case.expected_class,
-                got_class=got_class,
-                expected_score=case.expected_score,
-                got_score=got_score,
-                tolerance=case.tolerance,
-                passed=passed,
-            )
-        )
-    return tuple(results)
-
-
 class OnnxPredictor:
     """predict_proba over an ONNX Runtime session (single-threaded; InferenceSession.run is thread-safe)."""
 
@@ -181,37 +123,11 @@ class OnnxPredictor:
         return np.asarray(proba, dtype=np.float64)
 
 
-def to_onnx_bytes(estimator: Any, n_features: int) -> bytes:
-    """ONNX form of a fitted scikit-learn classifier: float32 input, probabilities without zipmap."""
-    from skl2onnx import to_onnx
-
-    sample = np.zeros((1, n_features), dtype=np.float32)
-    return to_onnx(estimator, sample, options={id(estimator): {"zipmap": False}}).SerializeToString()
-
-
 def single_threaded(estimator: Any) -> Any:
     """Predict with n_jobs=1: a forest with n_jobs=-1 costs ~20 ms a call when served."""
     if hasattr(estimator, "get_params") and "n_jobs" in estimator.get_params(deep=False):
         estimator.set_params(n_jobs=1)
     return estimator
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    tag: str
-    name: str
-    metadata: dict[str, Any]
-    feature_names: tuple[str, ...]
-    class_names: tuple[str, ...]
-    encoders: dict[str, list[str]]
-    threshold: float | None
-    inference_form: str
-    reference_results: tuple[CaseResult, ...]
-    _predict: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """float32 (n, n_features) -> (n, n_classes) probabilities."""
-        return self._predict(np.asarray(X, dtype=np.float32))
 
 
 def save_model(
@@ -244,7 +160,7 @@ def save_model(
     if missing:
         raise ValueError(f"metadata lacks {', '.join(missing)}")
     with bentoml.models.create(
-        name, module="nids.artifacts", labels={"framework": "scikit-learn"}, metadata=full
+        name, module="nids.models.artifacts", labels={"framework": "scikit-learn"}, metadata=full
     ) as model:
         for file, blob in blobs.items():
             Path(model.path_of(file)).write_bytes(blob)

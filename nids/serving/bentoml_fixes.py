@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import bentoml
 from bentoml._internal.server.http import traffic
 
+from nids.serving.asgi import Message, Receive, Scope, Send
+
 logger = logging.getLogger("nids.bentoml_fixes")
 PATCHED_VERSION = "1.4.39"
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 async def _timeout_middleware_call(self: traffic.TimeoutMiddleware, scope: Scope, receive: Receive, send: Send) -> None:

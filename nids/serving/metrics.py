@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nids.features import ATTACK_CLASSES, ATTACK_MODEL_NAME, THREAT_MODEL_NAME
+from nids.core.features import ATTACK_CLASSES, ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 
 if TYPE_CHECKING:
-    from nids.healing.schemas import HealingAction
-    from nids.registry import ActiveModels
+    from nids.core.actions import HealingAction
+    from nids.core.model import ActiveModels
 
 BENIGN = ATTACK_CLASSES[0]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import bentoml
 
-from nids.artifacts import ESTIMATOR_FILE, ONNX_FILE, load_reference_cases
+from nids.models.artifacts import ESTIMATOR_FILE, ONNX_FILE, load_reference_cases
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,9 @@ import bentoml
 import numpy as np
 import pytest
 
-from nids.artifacts import (
+from nids.core.encoding import UNKNOWN_CODE, to_matrix
+from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CLASSES, THREAT_FEATURES
+from nids.models.artifacts import (
     CASES_FILE,
     ESTIMATOR_FILE,
     ONNX_FILE,
@@ -20,9 +22,7 @@ from nids.artifacts import (
     load_model,
     load_reference_cases,
 )
-from nids.data import CIC_IMPROVED, NSL_KDD_TEST, NSL_KDD_TRAIN, load_nsl_kdd, rows_of, sha256_file
-from nids.encoding import UNKNOWN_CODE, to_matrix
-from nids.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CLASSES, THREAT_FEATURES
+from training.data import CIC_IMPROVED, NSL_KDD_TEST, NSL_KDD_TRAIN, load_nsl_kdd, rows_of, sha256_file
 
 
 def test_threat_model_loads_with_complete_metadata(model_store):

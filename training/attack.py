@@ -17,8 +17,11 @@ from sklearn.base import ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
-from nids.artifacts import LoadedModel, ReferenceCase, single_threaded
-from nids.data import (
+from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, ATTACK_MODEL_NAME, EXCLUDED_LABELS
+from nids.core.model import LoadedModel, ReferenceCase
+from nids.models.artifacts import single_threaded
+from training import common
+from training.data import (
     CIC_IMPROVED,
     CIC_ORIGINAL,
     LABEL,
@@ -32,23 +35,7 @@ from nids.data import (
     load_cic_original,
     rows_of,
 )
-from nids.evaluation import multiclass_metrics, plot_confusion, plot_roc
-from nids.features import ATTACK_CLASSES, ATTACK_FEATURES, ATTACK_MODEL_NAME, EXCLUDED_LABELS
-from nids.train_common import (
-    CASE_MARGIN,
-    CASE_TOLERANCE,
-    REPORTS_DIR,
-    Progress,
-    encode,
-    fmt,
-    labels_of,
-    markdown_table,
-    package,
-    parity_text,
-    report_header,
-    split_metadata,
-    training_params,
-)
+from training.evaluation import multiclass_metrics, plot_confusion, plot_roc
 
 BASELINE = "decision_tree"
 CANDIDATE = "random_forest"
@@ -70,7 +57,7 @@ class AttackConfig:
     max_depth: int | None = 25
     n_jobs: int = -1  # training only; the stored estimator predicts with n_jobs=1
     model_name: str = ATTACK_MODEL_NAME
-    reports_dir: Path | None = REPORTS_DIR / ATTACK_MODEL_NAME
+    reports_dir: Path | None = common.REPORTS_DIR / ATTACK_MODEL_NAME
 
 
 @dataclass
@@ -110,7 +97,7 @@ def _estimators(config: AttackConfig) -> dict[str, ClassifierMixin]:
 def _evaluate(name: str, estimator: ClassifierMixin, X: np.ndarray, validation: pd.DataFrame) -> Evaluated:
     proba = estimator.predict_proba(X)
     predicted = np.argmax(proba, axis=1)
-    labels, sources = labels_of(validation), validation[SOURCE].to_numpy()
+    labels, sources = common.labels_of(validation), validation[SOURCE].to_numpy()
     per_source = {
         source: multiclass_metrics(labels[sources == source], predicted[sources == source], ATTACK_CLASSES)
         for source in SOURCES
@@ -121,14 +108,14 @@ def _evaluate(name: str, estimator: ClassifierMixin, X: np.ndarray, validation: 
 
 def reference_cases(validation: pd.DataFrame, proba: np.ndarray, seed: int) -> tuple[list[ReferenceCase], list[str]]:
     """One held-out row per class the model gets right with a margin; also the classes that have none."""
-    labels, sources = labels_of(validation), validation[SOURCE].to_numpy()
+    labels, sources = common.labels_of(validation), validation[SOURCE].to_numpy()
     ordered = np.sort(proba, axis=1)
     margin = ordered[:, -1] - ordered[:, -2]
     predicted = np.argmax(proba, axis=1)
     rng = np.random.default_rng(seed)
     cases, without = [], []
     for code in np.unique(labels):
-        eligible = np.flatnonzero((labels == code) & (predicted == code) & (margin >= CASE_MARGIN))
+        eligible = np.flatnonzero((labels == code) & (predicted == code) & (margin >= common.CASE_MARGIN))
         if eligible.size == 0:
             without.append(ATTACK_CLASSES[code])
             continue
@@ -142,7 +129,7 @@ def reference_cases(validation: pd.DataFrame, proba: np.ndarray, seed: int) -> t
                 features=rows_of(validation.iloc[[index]], ATTACK_FEATURES)[0],
                 expected_class=int(code),
                 expected_score=float(proba[index, code]),
-                tolerance=CASE_TOLERANCE,
+                tolerance=common.CASE_TOLERANCE,
             )
         )
     return cases, without
@@ -157,7 +144,7 @@ def load_attack_frame(config: AttackConfig) -> tuple[pd.DataFrame, list[Dataset]
 
 
 def train_attack(config: AttackConfig = AttackConfig()) -> AttackResult:
-    log = Progress(config.model_name)
+    log = common.Progress(config.model_name)
     frame, files = load_attack_frame(config)
     log(f"loaded {sum(f.rows_read for f in files)} rows; kept {len(frame)} ({[f.dropped for f in files]} dropped)")
     split = deduplicate_and_split(
@@ -167,12 +154,12 @@ def train_attack(config: AttackConfig = AttackConfig()) -> AttackResult:
         validation_fraction=config.validation_fraction,
         seed=config.seed,
     )
-    missing = sorted(set(range(len(ATTACK_CLASSES))) - set(labels_of(split.train).tolist()))
+    missing = sorted(set(range(len(ATTACK_CLASSES))) - set(common.labels_of(split.train).tolist()))
     if missing:
         raise ValueError(f"training rows lack classes {[ATTACK_CLASSES[code] for code in missing]}")
     log(f"split: {len(split.train)} train / {len(split.validation)} validation ({split.duplicates_removed} duplicates)")
-    X_train, y_train = encode(split.train, ATTACK_FEATURES, {}), labels_of(split.train)
-    X_val = encode(split.validation, ATTACK_FEATURES, {})
+    X_train, y_train = common.encode(split.train, ATTACK_FEATURES, {}), common.labels_of(split.train)
+    X_val = common.encode(split.validation, ATTACK_FEATURES, {})
 
     evaluations = {}
     for name, estimator in _estimators(config).items():
@@ -187,7 +174,7 @@ def train_attack(config: AttackConfig = AttackConfig()) -> AttackResult:
     log(f"keeping {kept}")
 
     cases, without = reference_cases(split.validation, chosen.proba, config.seed)
-    loaded = package(
+    loaded = common.package(
         config.model_name,
         estimator=chosen.estimator,
         metadata=_metadata(config, files, split, evaluations, kept, without),
@@ -229,10 +216,10 @@ def _metadata(
         },
         "input_files": {source: dataset.describe() for source, dataset in zip(SOURCES, files, strict=True)},
         "split": {
-            **split_metadata(split),
+            **common.split_metadata(split),
             "max_rows_per_class": config.max_rows_per_class if config.max_rows_per_class is not None else "all",
         },
-        "training_params": training_params(
+        "training_params": common.training_params(
             kept,
             BASELINE,
             f"{CANDIDATE} kept only if its mean held-out macro-F1 over both releases is higher",
@@ -246,7 +233,7 @@ def _metadata(
 def write_reports(result: AttackResult, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     chosen = result.evaluations[result.kept]
-    labels, sources = labels_of(result.validation), result.validation[SOURCE].to_numpy()
+    labels, sources = common.labels_of(result.validation), result.validation[SOURCE].to_numpy()
     curves = {}
     for source in chosen.per_source:
         mask = sources == source
@@ -273,10 +260,19 @@ def _source_section(result: AttackResult, source: str) -> str:
     misses = []
     for name, m in chosen["per_class"].items():
         b = baseline["per_class"][name]
-        rows.append([name, fmt(m["precision"]), fmt(m["recall"]), fmt(m["f1"]), m["support"], fmt(b["f1"])])
+        rows.append(
+            [
+                name,
+                common.fmt(m["precision"]),
+                common.fmt(m["recall"]),
+                common.fmt(m["f1"]),
+                m["support"],
+                common.fmt(b["f1"]),
+            ]
+        )
         if m["support"] >= TARGET_RECALL_MIN_SUPPORT and m["recall"] < TARGET_RECALL:
             misses.append(f"{name} (recall {m['recall']:.4f}, {m['support']} rows)")
-    table = markdown_table(["class", "precision", "recall", "F1", "support", f"F1 {BASELINE}"], rows)
+    table = common.markdown_table(["class", "precision", "recall", "F1", "support", f"F1 {BASELINE}"], rows)
     macro_met = chosen["macro_f1"] >= TARGET_MACRO_F1[source]
     recall_text = "met" if not misses else "NOT met: " + "; ".join(misses)
     if any("Web Attack" in miss for miss in misses):
@@ -310,7 +306,9 @@ def _evaluation_markdown(result: AttackResult, metadata: dict[str, Any], has_cur
     sections = "\n".join(_source_section(result, source) for source in result.evaluations[result.kept].per_source)
     without = metadata["classes_without_reference_case"]
     curve = "\n![ROC attack vs benign](roc_attack_vs_benign.png)\n" if has_curve else ""
-    header = report_header("Attack classifier: evaluation on held-out rows", "training.train_attack", result.model)
+    header = common.report_header(
+        "Attack classifier: evaluation on held-out rows", "training.train_attack", result.model
+    )
     return f"""{header}
 {files}
 - Split: {split["rule"]}. {split["train_rows"]} training rows, {split["validation_rows"]} held-out rows,
@@ -328,7 +326,7 @@ def _evaluation_markdown(result: AttackResult, metadata: dict[str, Any], has_cur
 {curve}
 ## Inference form
 
-ONNX parity (skl2onnx, onnxruntime): {parity_text(metadata["onnx_parity"])}.
+ONNX parity (skl2onnx, onnxruntime): {common.parity_text(metadata["onnx_parity"])}.
 """
 
 

@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
 
-from nids.artifacts import LoadedModel, ReferenceCase, single_threaded
-from nids.data import (
+from nids.core.features import THREAT_CATEGORICAL, THREAT_CLASSES, THREAT_FEATURES, THREAT_MODEL_NAME
+from nids.core.model import LoadedModel, ReferenceCase
+from nids.models.artifacts import single_threaded
+from training import common
+from training.data import (
     LABEL,
     NSL_KDD_TEST,
     NSL_KDD_TRAIN,
@@ -26,23 +29,7 @@ from nids.data import (
     load_nsl_kdd,
     rows_of,
 )
-from nids.evaluation import binary_metrics, fpr_threshold, plot_confusion, plot_roc
-from nids.features import THREAT_CATEGORICAL, THREAT_CLASSES, THREAT_FEATURES, THREAT_MODEL_NAME
-from nids.train_common import (
-    CASE_MARGIN,
-    CASE_TOLERANCE,
-    REPORTS_DIR,
-    Progress,
-    encode,
-    fmt,
-    labels_of,
-    markdown_table,
-    package,
-    parity_text,
-    report_header,
-    split_metadata,
-    training_params,
-)
+from training.evaluation import binary_metrics, fpr_threshold, plot_confusion, plot_roc
 
 BASELINE = "random_forest"
 CANDIDATE = "random_forest_balanced"
@@ -61,7 +48,7 @@ class ThreatConfig:
     max_depth: int | None = 20
     n_jobs: int = -1  # training only; the stored estimator predicts with n_jobs=1
     model_name: str = THREAT_MODEL_NAME
-    reports_dir: Path | None = REPORTS_DIR / THREAT_MODEL_NAME
+    reports_dir: Path | None = common.REPORTS_DIR / THREAT_MODEL_NAME
 
 
 @dataclass
@@ -94,15 +81,15 @@ def encoders_of(frame: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def reference_cases(validation: pd.DataFrame, scores: np.ndarray, threshold: float, seed: int) -> list[ReferenceCase]:
-    """Per class, two held-out rows the model gets right at least CASE_MARGIN away from the threshold: a random
+    """Per class, two held-out rows the model gets right at least common.CASE_MARGIN away from the threshold: a random
     one (typically a confident score) and the one closest to the threshold (exercises the forest's numerics)."""
-    labels = labels_of(validation)
+    labels = common.labels_of(validation)
     predicted = (scores >= threshold).astype(int)
     distance = np.abs(scores - threshold)
     rng = np.random.default_rng(seed)
     cases = []
     for label in (0, 1):
-        eligible = np.flatnonzero((labels == label) & (predicted == label) & (distance >= CASE_MARGIN))
+        eligible = np.flatnonzero((labels == label) & (predicted == label) & (distance >= common.CASE_MARGIN))
         if eligible.size == 0:
             raise ValueError(f"no held-out {THREAT_CLASSES[label]} row to serve as a reference case")
         closest = eligible[np.argmin(distance[eligible])]
@@ -117,7 +104,7 @@ def reference_cases(validation: pd.DataFrame, scores: np.ndarray, threshold: flo
                     features=row,
                     expected_class=label,
                     expected_score=float(scores[index]),
-                    tolerance=CASE_TOLERANCE,
+                    tolerance=common.CASE_TOLERANCE,
                 )
             )
     return cases
@@ -154,7 +141,7 @@ class ThreatResult:
 
 
 def train_threat(config: ThreatConfig = ThreatConfig()) -> ThreatResult:
-    log = Progress(config.model_name)
+    log = common.Progress(config.model_name)
     train_file = load_nsl_kdd(config.train_path, nrows=config.max_train_rows)
     test_file = load_nsl_kdd(config.test_path, nrows=config.max_test_rows)
     log(f"loaded {train_file.rows_read} training rows, {test_file.rows_read} test rows")
@@ -167,9 +154,9 @@ def train_threat(config: ThreatConfig = ThreatConfig()) -> ThreatResult:
         seed=config.seed,
     )
     log(f"split: {len(split.train)} train / {len(split.validation)} validation ({split.duplicates_removed} duplicates)")
-    X_train, y_train = encode(split.train, THREAT_FEATURES, encoders), labels_of(split.train)
-    X_val, y_val = encode(split.validation, THREAT_FEATURES, encoders), labels_of(split.validation)
-    X_test, y_test = encode(test_file.frame, THREAT_FEATURES, encoders), labels_of(test_file.frame)
+    X_train, y_train = common.encode(split.train, THREAT_FEATURES, encoders), common.labels_of(split.train)
+    X_val, y_val = common.encode(split.validation, THREAT_FEATURES, encoders), common.labels_of(split.validation)
+    X_test, y_test = common.encode(test_file.frame, THREAT_FEATURES, encoders), common.labels_of(test_file.frame)
 
     evaluations = {}
     for name, estimator in _forests(config).items():
@@ -187,7 +174,7 @@ def train_threat(config: ThreatConfig = ThreatConfig()) -> ThreatResult:
     log(f"keeping {kept}")
 
     val_scores = chosen.estimator.predict_proba(X_val)[:, 1]
-    loaded = package(
+    loaded = common.package(
         config.model_name,
         estimator=chosen.estimator,
         metadata=_metadata(config, train_file, test_file, split, encoders, evaluations, kept),
@@ -234,8 +221,8 @@ def _metadata(
             },
         },
         "input_files": {"train": train_file.describe(), "test": test_file.describe()},
-        "split": split_metadata(split),
-        "training_params": training_params(
+        "split": common.split_metadata(split),
+        "training_params": common.training_params(
             kept,
             BASELINE,
             f"{CANDIDATE} kept only if its KDDTest+ F1 is higher than {BASELINE}'s",
@@ -274,19 +261,20 @@ def _metrics_table(result: ThreatResult) -> str:
     names = list(result.evaluations)
     reference = result.evaluations[names[0]].test
     always = {
-        "accuracy": fmt(reference["always_attack_accuracy"]),
-        "precision": fmt(reference["always_attack_precision"]),
-        "recall": fmt(1.0),
-        "f1": fmt(reference["always_attack_f1"]),
-        "roc_auc": fmt(0.5),
-        "false_positive_rate": fmt(1.0),
+        "accuracy": common.fmt(reference["always_attack_accuracy"]),
+        "precision": common.fmt(reference["always_attack_precision"]),
+        "recall": common.fmt(1.0),
+        "f1": common.fmt(reference["always_attack_f1"]),
+        "roc_auc": common.fmt(0.5),
+        "false_positive_rate": common.fmt(1.0),
     }
     header = ["metric (KDDTest+)", *[f"{n}{' (kept)' if n == result.kept else ''}" for n in names], "always attack"]
-    rows: list[list[object]] = [["threshold", *[fmt(result.evaluations[n].threshold) for n in names], "-"]]
+    rows: list[list[object]] = [["threshold", *[common.fmt(result.evaluations[n].threshold) for n in names], "-"]]
     rows += [
-        [label, *[fmt(result.evaluations[n].test[key]) for n in names], always[key]] for label, key in _METRIC_ROWS
+        [label, *[common.fmt(result.evaluations[n].test[key]) for n in names], always[key]]
+        for label, key in _METRIC_ROWS
     ]
-    return markdown_table(header, rows)
+    return common.markdown_table(header, rows)
 
 
 def _half_table(result: ThreatResult) -> str:
@@ -294,13 +282,13 @@ def _half_table(result: ThreatResult) -> str:
     rows = [
         [
             f"{name} @ {threshold_name}",
-            *[fmt(metrics[key]) for key in ("accuracy", "precision", "recall", "f1")],
-            fmt(metrics["false_positive_rate"]),
+            *[common.fmt(metrics[key]) for key in ("accuracy", "precision", "recall", "f1")],
+            common.fmt(metrics["false_positive_rate"]),
         ]
         for name, e in result.evaluations.items()
         for threshold_name, metrics in ((f"{e.threshold:.3f} (rule)", e.test), ("0.5", e.test_at_half))
     ]
-    return "Effect of the threshold rule (KDDTest+):\n\n" + markdown_table(
+    return "Effect of the threshold rule (KDDTest+):\n\n" + common.markdown_table(
         ["model @ threshold", "accuracy", "precision", "recall", "F1", "FPR"], rows
     )
 
@@ -311,7 +299,7 @@ def _evaluation_markdown(result: ThreatResult, metadata: dict[str, Any]) -> str:
     split = metadata["split"]
     parity = metadata["onnx_parity"]
     target_met = test["accuracy"] >= 0.85 and test["precision"] >= 0.90
-    header = report_header("Threat detector: evaluation on KDDTest+", "training.train_threat", result.model)
+    header = common.report_header("Threat detector: evaluation on KDDTest+", "training.train_threat", result.model)
     return f"""{header}
 - Training data: `{metadata["input_files"]["train"]["path"]}` (sha256 `{metadata["input_files"]["train"]["sha256"]}`).
 - Split: {split["rule"]}. {split["train_rows"]} training rows, {split["validation_rows"]} validation rows,
@@ -349,7 +337,7 @@ FN {test["false_negatives"]}, TP {test["true_positives"]}.
 
 ## Inference form
 
-ONNX parity (skl2onnx, onnxruntime): {parity_text(parity)}.
+ONNX parity (skl2onnx, onnxruntime): {common.parity_text(parity)}.
 """
 
 
