@@ -42,11 +42,12 @@ def bento(model_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bento_holds_the_service_package_policy_and_models(bento: Path, model_store: Any) -> None:
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert manifest["service"] == "service:NIDSService"
+    assert manifest["service"] == "nids.serving.service:NIDSService"
     assert {model["tag"] for model in manifest["models"]} == {model_store.threat_tag, model_store.attack_tag}
-    for path in ("service.py", "nids/pipeline.py", "nids/healing/engine.py", "config/healing.yaml"):
+    for path in ("nids/serving/service.py", "nids/core/pipeline.py", "nids/healing/engine.py", "config/healing.yaml"):
         assert (bento / "src" / path).is_file(), path
-    assert not (bento / "src" / "tests").exists()
+    for absent in ("tests", "training", "benchmarks", "loadtest", "data"):  # the Bento serves; it does not train
+        assert not (bento / "src" / absent).exists(), absent
     routes = {route["name"] for route in manifest["schema"]["routes"]}
     assert routes == {
         *("detect_threat", "classify_attack", "self_heal", "analyze", "analyze_csv", "model_info"),
@@ -65,6 +66,8 @@ def test_generated_dockerfile_and_pinned_requirements(bento: Path) -> None:
     assert all("==" in line for line in requirements), requirements
     for package in ("scikit-learn", "onnxruntime", "pydantic", "numpy"):
         assert any(line.startswith(f"{package}==") for line in requirements), package
+    for training_only in ("matplotlib", "skl2onnx", "onnx", "pandas"):
+        assert not any(line.startswith(f"{training_only}==") for line in requirements), training_only
 
 
 def test_bentofile_pins_satisfy_pyproject() -> None:
