@@ -47,13 +47,13 @@ async def _produce(settings: StreamSettings, path: Path, limit: int | None, topi
 async def _run(settings: StreamSettings) -> int:
     import prometheus_client
 
-    from nids.artifacts import load_model
+    from nids.core.settings import get_settings
     from nids.healing.engine import HealingEngine
-    from nids.registry import REGISTRY
-    from nids.settings import Settings
+    from nids.models.artifacts import load_model
+    from nids.models.registry import REGISTRY
     from nids.stream.worker import StreamWorker
 
-    service_settings = Settings()
+    service_settings = get_settings()
     try:
         REGISTRY.load(service_settings.threat_model_tag, service_settings.attack_model_tag, load_model)
     except Exception:

@@ -19,8 +19,11 @@ import orjson
 import pydantic_core
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from nids.healing.schemas import HealingAction
-from nids.schemas import AnalyzeFlow, AnalyzeResult, AttackPrediction, FlowKind, ThreatPrediction
+from nids.core.actions import HealingAction
+from nids.core.errors import InvalidInput
+from nids.core.model import LoadedModel
+from nids.core.pipeline import check_codes
+from nids.core.schemas import AnalyzeFlow, AnalyzeResult, AttackPrediction, FlowKind, ThreatFlow, ThreatPrediction
 
 
 class Record(Protocol):
@@ -94,7 +97,8 @@ def decode(value: bytes | None) -> Any:
         return pydantic_core.from_json(value, allow_inf_nan=True)  # NaN/Infinity tokens, or the real error
 
 
-def triage(records: Sequence[Record]) -> Triage:
+def triage(records: Sequence[Record], threat_model: LoadedModel) -> Triage:
+    """Decode and validate a batch: the flow model's rules, then the category codes the threat model knows."""
     out = Triage()
     candidates: list[tuple[Record, dict[str, Any]]] = []
     for record in records:
@@ -112,6 +116,7 @@ def triage(records: Sequence[Record]) -> Triage:
         out.dead.append((record, dead_letter(record, [detail])))
     errors = _validate_into(out, candidates)
     out.dead.extend((candidates[i][0], dead_letter(candidates[i][0], detail)) for i, detail in errors.items())
+    _refuse_unknown_codes(out, threat_model)
     return out
 
 
@@ -129,6 +134,23 @@ def _validate_into(out: Triage, candidates: Sequence[tuple[Record, dict[str, Any
     out.valid.extend(record for record, _ in candidates)
     out.flows.extend(flows)
     return errors
+
+
+def _refuse_unknown_codes(batch: Triage, model: LoadedModel) -> None:
+    """Dead-letter threat flows whose `service`/`flag` code is past the model's categories (the pipeline's check)."""
+    threat = [i for i, flow in enumerate(batch.flows) if isinstance(flow.root, ThreatFlow)]
+    try:
+        check_codes(model, [batch.flows[i].root for i in threat], rows=threat)
+        return
+    except InvalidInput as error:
+        refused: dict[int, list[ErrorDetail]] = defaultdict(list)
+        for item in error.detail:
+            _, row, feature = item["loc"]
+            refused[row].append(ErrorDetail(type=item["type"], loc=["threat", feature], msg=item["msg"]))
+    batch.dead.extend((batch.valid[i], dead_letter(batch.valid[i], detail)) for i, detail in refused.items())
+    keep = [i for i in range(len(batch.flows)) if i not in refused]
+    batch.valid = [batch.valid[i] for i in keep]
+    batch.flows = [batch.flows[i] for i in keep]
 
 
 def dead_letter(record: Record, detail: list[ErrorDetail]) -> DeadLetter:

@@ -1,8 +1,4 @@
-"""Prometheus metrics of the stream worker (served by prometheus_client's own HTTP server).
-
-The model and self-healing counters of nids.metrics (nids_predictions, nids_healing_actions) count the
-worker's predictions too: both sets live in the default registry the metrics port serves.
-"""
+"""Prometheus metrics of the stream worker (served by prometheus_client's own HTTP server)."""
 
 from __future__ import annotations
 

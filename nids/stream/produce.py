@@ -25,8 +25,8 @@ import pandas as pd
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from nids.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, ATTACK_IMPROVED_COLUMNS, THREAT_FEATURES
-from nids.pipeline import CSV_CONTEXT_COLUMNS
+from nids.core.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, ATTACK_IMPROVED_COLUMNS, THREAT_FEATURES
+from nids.core.pipeline import CSV_CONTEXT_COLUMNS
 from nids.stream.settings import StreamSettings
 
 # CSV column -> field of the record

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from nids import pipeline
+from nids.core import pipeline
+from nids.core.schemas import AnalyzeFlow
 from nids.healing.audit import AuditUnavailable
 from nids.healing.engine import HealingEngine
-from nids.registry import ModelRegistry
-from nids.schemas import AnalyzeFlow
+from nids.models.registry import ModelRegistry
 from nids.stream.messages import PredictionEvent, Record, prediction_event, to_json, triage
 from nids.stream.metrics import stream_metrics
 from nids.stream.settings import StreamSettings
@@ -167,10 +167,11 @@ class StreamWorker:
     def _process(self, records: Sequence[Record]) -> tuple[list[Outbound], int]:
         """CPU part of a batch (in a thread): validate, score, decide, serialise."""
         settings = self.settings
-        batch = triage(records)
+        models = self.models.active()  # one snapshot for the whole batch
+        batch = triage(records, models.threat)
         events: list[PredictionEvent] = []
         if batch.flows:
-            response = pipeline.analyze(self.models.active(), self.engine, batch.flows)
+            response = pipeline.analyze(models, self.engine.handle, batch.flows)
             events = [prediction_event(r, result) for r, result in zip(batch.valid, response.results, strict=True)]
             if self.sink is not None:
                 self.sink(batch.flows, events)

@@ -25,10 +25,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from nids.data import CIC_ORIGINAL, NSL_KDD_TEST
 from nids.stream.devbroker import DevBroker, free_port
 from nids.stream.produce import encode, publish, read_records
 from nids.stream.settings import StreamSettings
+from training.data import CIC_ORIGINAL, NSL_KDD_TEST
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
