@@ -18,12 +18,10 @@ from typing import Any, Protocol
 import orjson
 import pydantic_core
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from nids.core.actions import HealingAction
-from nids.core.errors import InvalidInput
-from nids.core.model import LoadedModel
-from nids.core.pipeline import check_codes
-from nids.core.schemas import AnalyzeFlow, AnalyzeResult, AttackPrediction, FlowKind, ThreatFlow, ThreatPrediction
+from nids.core.schemas import AnalyzeFlow, AnalyzeResult, AttackPrediction, FlowKind, ThreatPrediction, flow_kind
 
 
 class Record(Protocol):
@@ -36,7 +34,8 @@ class Record(Protocol):
     value: bytes | None
 
 
-class Source(BaseModel):
+# Events are typed dicts, serialised by one TypeAdapter: no model is built per record on the hot path.
+class Source(TypedDict):
     """Where the record a message answers was read: duplicates after a restart carry the same source."""
 
     topic: str
@@ -44,14 +43,18 @@ class Source(BaseModel):
     offset: int
 
 
-class PredictionEvent(BaseModel):
-    """One scored record, in the original system's prediction event shape, plus its source."""
+class PredictionEvent(TypedDict):
+    """One scored record, in the original system's prediction event shape, plus its source.
 
-    traffic_data_id: str = Field(description="the record's flow_id when it has one, else topic:partition:offset")
+    traffic_data_id: the record's flow_id when it has one, else topic:partition:offset. attack_prediction and
+    self_healing_action: for 42-feature flows (null for 10-feature ones).
+    """
+
+    traffic_data_id: str
     kind: FlowKind
     threat_prediction: ThreatPrediction
-    attack_prediction: AttackPrediction | None = Field(None, description="for 42-feature flows")
-    self_healing_action: HealingAction | None = Field(None, description="for 42-feature flows")
+    attack_prediction: AttackPrediction | None
+    self_healing_action: HealingAction | None
     source: Source
 
 
@@ -79,12 +82,25 @@ class Triage:
     flows: list[AnalyzeFlow] = field(default_factory=list)
     dead: list[tuple[Record, DeadLetter]] = field(default_factory=list)
 
+    def refuse(self, detail: Sequence[dict[str, Any]]) -> None:
+        """Dead-letter the flows an InvalidInput of the pipeline names (`loc` [..., index in flows, field])."""
+        refused: dict[int, list[ErrorDetail]] = defaultdict(list)
+        for item in detail:
+            *_, index, name = item["loc"]
+            kind = flow_kind(self.flows[int(index)].root)
+            refused[int(index)].append(ErrorDetail(type=item["type"], loc=[kind or "flow", name], msg=item["msg"]))
+        self.dead.extend((self.valid[i], dead_letter(self.valid[i], errors)) for i, errors in refused.items())
+        keep = [i for i in range(len(self.flows)) if i not in refused]
+        self.valid = [self.valid[i] for i in keep]
+        self.flows = [self.flows[i] for i in keep]
+
 
 _FLOWS = TypeAdapter(list[AnalyzeFlow])
+_EVENT = TypeAdapter(PredictionEvent)
 
 
 def source_of(record: Record) -> Source:
-    return Source(topic=record.topic, partition=record.partition, offset=record.offset)
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
 def decode(value: bytes | None) -> Any:
@@ -97,8 +113,7 @@ def decode(value: bytes | None) -> Any:
         return pydantic_core.from_json(value, allow_inf_nan=True)  # NaN/Infinity tokens, or the real error
 
 
-def triage(records: Sequence[Record], threat_model: LoadedModel) -> Triage:
-    """Decode and validate a batch: the flow model's rules, then the category codes the threat model knows."""
+def triage(records: Sequence[Record]) -> Triage:
     out = Triage()
     candidates: list[tuple[Record, dict[str, Any]]] = []
     for record in records:
@@ -116,7 +131,6 @@ def triage(records: Sequence[Record], threat_model: LoadedModel) -> Triage:
         out.dead.append((record, dead_letter(record, [detail])))
     errors = _validate_into(out, candidates)
     out.dead.extend((candidates[i][0], dead_letter(candidates[i][0], detail)) for i, detail in errors.items())
-    _refuse_unknown_codes(out, threat_model)
     return out
 
 
@@ -136,23 +150,6 @@ def _validate_into(out: Triage, candidates: Sequence[tuple[Record, dict[str, Any
     return errors
 
 
-def _refuse_unknown_codes(batch: Triage, model: LoadedModel) -> None:
-    """Dead-letter threat flows whose `service`/`flag` code is past the model's categories (the pipeline's check)."""
-    threat = [i for i, flow in enumerate(batch.flows) if isinstance(flow.root, ThreatFlow)]
-    try:
-        check_codes(model, [batch.flows[i].root for i in threat], rows=threat)
-        return
-    except InvalidInput as error:
-        refused: dict[int, list[ErrorDetail]] = defaultdict(list)
-        for item in error.detail:
-            _, row, feature = item["loc"]
-            refused[row].append(ErrorDetail(type=item["type"], loc=["threat", feature], msg=item["msg"]))
-    batch.dead.extend((batch.valid[i], dead_letter(batch.valid[i], detail)) for i, detail in refused.items())
-    keep = [i for i in range(len(batch.flows)) if i not in refused]
-    batch.valid = [batch.valid[i] for i in keep]
-    batch.flows = [batch.flows[i] for i in keep]
-
-
 def dead_letter(record: Record, detail: list[ErrorDetail]) -> DeadLetter:
     value = record.value
     try:
@@ -164,16 +161,19 @@ def dead_letter(record: Record, detail: list[ErrorDetail]) -> DeadLetter:
 
 
 def prediction_event(record: Record, result: AnalyzeResult) -> PredictionEvent:
-    source = source_of(record)
-    return PredictionEvent.model_construct(
-        traffic_data_id=result.flow_id or f"{source.topic}:{source.partition}:{source.offset}",
-        kind=result.kind,
-        threat_prediction=result.threat_prediction,
-        attack_prediction=result.attack_prediction,
-        self_healing_action=result.self_healing_action,
-        source=source,
-    )
+    return {
+        "traffic_data_id": result.flow_id or f"{record.topic}:{record.partition}:{record.offset}",
+        "kind": result.kind,
+        "threat_prediction": result.threat_prediction,
+        "attack_prediction": result.attack_prediction,
+        "self_healing_action": result.self_healing_action,
+        "source": source_of(record),
+    }
 
 
-def to_json(message: BaseModel) -> bytes:
-    return message.__pydantic_serializer__.to_json(message)
+def event_json(event: PredictionEvent) -> bytes:
+    return _EVENT.dump_json(event)
+
+
+def dead_letter_json(letter: DeadLetter) -> bytes:
+    return letter.__pydantic_serializer__.to_json(letter)

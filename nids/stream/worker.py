@@ -17,23 +17,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from nids.core import pipeline
+from nids.core.errors import InvalidInput
+from nids.core.model import ActiveModels
+from nids.core.pipeline import Healer
 from nids.core.schemas import AnalyzeFlow
 from nids.healing.audit import AuditUnavailable
 from nids.healing.engine import HealingEngine
 from nids.models.registry import ModelRegistry
-from nids.stream.messages import PredictionEvent, Record, prediction_event, to_json, triage
+from nids.stream.messages import PredictionEvent, Record, dead_letter_json, event_json, prediction_event, triage
 from nids.stream.metrics import stream_metrics
 from nids.stream.settings import StreamSettings
 
 logger = logging.getLogger("nids.stream")
+_PARTITIONER = DefaultPartitioner()
+# a produce batch: well under the 1 MiB a Kafka broker accepts by default (message.max.bytes)
+MAX_BATCH_BYTES = 512 * 1024
 
 # The prediction log (issue 10) plugs in here: it gets every scored batch, flows and their events.
 PredictionSink = Callable[[Sequence[AnalyzeFlow], Sequence[PredictionEvent]], None]
@@ -56,13 +64,46 @@ class Scored:
     received: float
 
 
+# messages sent as one produce batch, and the broker's acknowledgement of that batch
+Pending = tuple[list[Outbound], "asyncio.Future[object]"]
+
+
 @dataclass
 class InFlight:
     batch: Scored
-    pending: list[tuple[Outbound, asyncio.Future[object]]]
+    pending: list[Pending]
 
     def done(self) -> bool:
         return all(future.done() for _, future in self.pending)
+
+
+def score_batch(
+    records: Sequence[Record],
+    models: ActiveModels,
+    heal: Healer,
+    settings: StreamSettings,
+    sink: PredictionSink | None = None,
+) -> tuple[list[Outbound], int]:
+    """The CPU part of a batch: validate, score, decide, serialise. The messages to send, and how many are results."""
+    batch = triage(records)
+    events: list[PredictionEvent] = []
+    if batch.flows:
+        try:
+            response = pipeline.analyze(models, heal, batch.flows)
+        except InvalidInput as error:  # a category code past the model's categories, refused before any decision
+            batch.refuse(error.detail)
+            response = pipeline.analyze(models, heal, batch.flows)
+        events = [prediction_event(r, result) for r, result in zip(batch.valid, response.results, strict=True)]
+        if sink is not None:
+            sink(batch.flows, events)
+    messages = [
+        Outbound(settings.kafka_results_topic, record.key, event_json(event))
+        for record, event in zip(batch.valid, events, strict=True)
+    ]
+    messages.extend(
+        Outbound(settings.kafka_dlq_topic, record.key, dead_letter_json(letter)) for record, letter in batch.dead
+    )
+    return messages, len(events)
 
 
 class StreamWorker:
@@ -89,6 +130,7 @@ class StreamWorker:
         self.producer = AIOKafkaProducer(
             acks=_acks(settings.kafka_acks),
             linger_ms=5,
+            max_batch_size=MAX_BATCH_BYTES,
             request_timeout_ms=settings.kafka_ack_timeout_ms,
             **settings.client_options(),
         )
@@ -97,6 +139,7 @@ class StreamWorker:
         self._settling = asyncio.Lock()
         self._holds: set[str] = set()  # causes of the current pause
         self._committed: dict[TopicPartition, int] = {}
+        self._turns: dict[str, int] = {}  # partition of the next keyless messages, per output topic
 
     def stop(self) -> None:
         """Finish the batch at hand, settle every batch read, commit, leave the group (SIGTERM)."""
@@ -120,7 +163,7 @@ class StreamWorker:
             records = await self._next_batch()
             if records:
                 scored = await self._score(records)
-                self._in_flight.append(InFlight(scored, [(m, await self._send(m)) for m in scored.messages]))
+                self._in_flight.append(InFlight(scored, await self._send(scored.messages)))
             await self._settle(keep=limit - 1)
             self._observe_lag()
         await self._settle(keep=0)
@@ -153,7 +196,9 @@ class StreamWorker:
         delay = self.settings.stream_retry_seconds
         while True:
             try:
-                messages, results = await asyncio.to_thread(self._process, records)
+                messages, results = await asyncio.to_thread(
+                    score_batch, records, self.models.active(), self.engine.handle, self.settings, self.sink
+                )
                 break
             except AuditUnavailable as error:
                 self._hold("audit")
@@ -164,33 +209,46 @@ class StreamWorker:
         self._release("audit")
         return Scored(offsets, messages, results, received)
 
-    def _process(self, records: Sequence[Record]) -> tuple[list[Outbound], int]:
-        """CPU part of a batch (in a thread): validate, score, decide, serialise."""
-        settings = self.settings
-        models = self.models.active()  # one snapshot for the whole batch
-        batch = triage(records, models.threat)
-        events: list[PredictionEvent] = []
-        if batch.flows:
-            response = pipeline.analyze(models, self.engine.handle, batch.flows)
-            events = [prediction_event(r, result) for r, result in zip(batch.valid, response.results, strict=True)]
-            if self.sink is not None:
-                self.sink(batch.flows, events)
-        messages = [
-            Outbound(settings.kafka_results_topic, record.key, to_json(event))
-            for record, event in zip(batch.valid, events, strict=True)
-        ]
-        messages.extend(Outbound(settings.kafka_dlq_topic, record.key, to_json(dead)) for record, dead in batch.dead)
-        return messages, len(events)
-
     # --- producing and committing ----------------------------------------------------------------------
-    async def _send(self, message: Outbound) -> asyncio.Future[object]:
-        """The broker's acknowledgement of one message (a future failed with the error if it cannot be sent)."""
+    async def _send(self, messages: Sequence[Outbound]) -> list[Pending]:
+        """Send the messages as produce batches, one per target partition (or more when a batch fills up).
+
+        A message with a key goes where the producer's default partitioner puts it (Kafka's murmur2 hash, so
+        one key stays on one partition); keyless messages of one call go to the topic's next partition in turn.
+        Batches cost ~1 us a message against ~12 us through `send` one by one. A batch that cannot be sent
+        comes back as a failed acknowledgement, to be re-sent.
+        """
+        targets: dict[tuple[str, int], list[Outbound]] = defaultdict(list)
+        pending: list[Pending] = []
+        for topic in {message.topic for message in messages}:
+            group = [message for message in messages if message.topic == topic]
+            try:
+                partitions = sorted(await self.producer.partitions_for(topic))
+            except KafkaError as error:
+                pending.append((group, _failed(error)))
+                continue
+            turn = self._turns[topic] = (self._turns.get(topic, -1) + 1) % len(partitions)
+            for message in group:
+                key = message.key
+                partition = partitions[turn] if key is None else _PARTITIONER(key, partitions, partitions)
+                targets[(topic, partition)].append(message)
+        for (topic, partition), group in targets.items():
+            batch, members = self.producer.create_batch(), []
+            for message in group:
+                if batch.append(key=message.key, value=message.value, timestamp=None) is None:  # full
+                    pending.append((members, await self._send_batch(batch, topic, partition)))
+                    batch, members = self.producer.create_batch(), []
+                    if batch.append(key=message.key, value=message.value, timestamp=None) is None:
+                        raise ValueError(f"a message of {len(message.value)} bytes exceeds the producer's batch size")
+                members.append(message)
+            pending.append((members, await self._send_batch(batch, topic, partition)))
+        return pending
+
+    async def _send_batch(self, batch: BatchBuilder, topic: str, partition: int) -> asyncio.Future[object]:
         try:
-            return await self.producer.send(message.topic, message.value, key=message.key)
+            return await self.producer.send_batch(batch, topic, partition=partition)
         except KafkaError as error:
-            failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-            failed.set_exception(error)
-            return failed
+            return _failed(error)
 
     async def _settle(self, keep: int) -> None:
         """Acknowledge and commit batches, oldest first, until at most `keep` remain and the oldest is pending."""
@@ -213,11 +271,11 @@ class StreamWorker:
         while True:
             failed: list[Outbound] = []
             error: BaseException | None = None
-            for message, future in flight.pending:
+            for messages, future in flight.pending:
                 try:
                     await future
                 except KafkaError as exc:
-                    failed.append(message)
+                    failed.extend(messages)
                     error = exc
             if not failed:
                 self._release("produce")
@@ -227,7 +285,7 @@ class StreamWorker:
             logger.warning("%d messages not acknowledged, re-sending in %.1f s: %r", len(failed), delay, error)
             await asyncio.sleep(delay)
             delay = min(2 * delay, self.settings.stream_max_retry_seconds)
-            flight.pending = [(message, await self._send(message)) for message in failed]
+            flight.pending = await self._send(failed)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit what this worker still owns; a partition lost to a rebalance is read again elsewhere."""
@@ -291,6 +349,12 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.worker.on_assigned(assigned)
+
+
+def _failed(error: KafkaError) -> asyncio.Future[object]:
+    future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
 
 
 def _acks(acks: str) -> int | str:

@@ -10,39 +10,33 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from nids.core.features import ATTACK_FEATURES, THREAT_FEATURES
-from nids.models.artifacts import load_model
 from nids.stream.messages import triage
 from nids.stream.produce import read_records
 from tests.stream.conftest import FIXTURES, ROOT, attack_records
 from training.data import CIC_IMPROVED
 
 
-@pytest.fixture(scope="module")
-def threat_model(model_store):
-    return load_model(model_store.threat_tag)
-
-
 def records(*values: bytes) -> list[ConsumerRecord]:
     return [ConsumerRecord("network-traffic", 0, i, 0, 0, None, v, None, 0, len(v), []) for i, v in enumerate(values)]
 
 
-def test_infinity_and_nan_tokens_are_read_as_the_rest_api_reads_them(threat_model) -> None:
+def test_infinity_and_nan_tokens_are_read_as_the_rest_api_reads_them() -> None:
     flow = attack_records(1)[0]
     text = json.dumps(flow)  # the stdlib writes the non-strict tokens an exporter in Python sends
     inf = json.dumps({**flow, "Flow Bytes/s": float("inf")})
     nan = json.dumps({**flow, "Flow Bytes/s": float("nan")})
     assert "Infinity" in inf and "NaN" in nan
-    batch = triage(records(text.encode(), inf.encode(), nan.encode()), threat_model)
+    batch = triage(records(text.encode(), inf.encode(), nan.encode()))
     assert [r.offset for r in batch.valid] == [0, 1]  # Infinity reads as 0, as in training
     assert batch.flows[1].root["Flow Bytes/s"] == 0.0
     [(record, letter)] = batch.dead
     assert record.offset == 2 and [(d.type, d.loc) for d in letter.detail] == [("nan", ["attack", "Flow Bytes/s"])]
 
 
-def test_one_invalid_record_does_not_hold_back_the_valid_ones_around_it(threat_model) -> None:
+def test_one_invalid_record_does_not_hold_back_the_valid_ones_around_it() -> None:
     flow: dict[str, Any] = json.loads((FIXTURES / "original_threat_message.json").read_text())
     values = [json.dumps({**flow, "count": -i}).encode() for i in range(4)]  # -0 is valid, the rest are not
-    batch = triage(records(*values), threat_model)
+    batch = triage(records(*values))
     assert [r.offset for r in batch.valid] == [0]
     assert sorted(record.offset for record, _ in batch.dead) == [1, 2, 3]
     assert all(letter.detail[0].type == "out_of_range" for _, letter in batch.dead)

@@ -1,0 +1,231 @@
+"""Stream ingestion speed: `python -m benchmarks.stream [--threat N] [--attack N] [--batch-size N]`.
+
+One `python -m nids.stream` worker against a local Tansu broker (nids.stream.devbroker, memory storage) on
+127.0.0.1, scoring with the models of the BentoML store (NIDS_THREAT_MODEL_TAG / NIDS_ATTACK_MODEL_TAG,
+default :latest). Records are real rows: KDDTest+ (threat) and the original-release CIC-IDS2017 sample
+(attack), repeated to the requested count, encoded before the clock starts. For each kind, end to end: the
+time from the first record produced to the last answer (prediction event or dead letter) read back from the
+output topics, by a producer and a reader in this process, on the same two cores as the worker and the
+broker. Then, in this process with the worker idle, the same records in-process: the model call alone
+(`predict_proba` on batches of the worker's size) and the worker's whole CPU path (nids.stream.worker
+.score_batch: decode, validate, models, self-healing, serialise). Prints Markdown; writes JSON under
+loadtest/results/benchmarks/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any
+
+import psutil
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import ConsumerRecord
+
+from loadtest.run import RESULTS, git_version
+from nids.core.encoding import to_matrix
+from nids.core.settings import get_settings
+from nids.healing.engine import HealingEngine
+from nids.models.artifacts import load_model
+from nids.models.registry import REGISTRY
+from nids.stream.devbroker import DevBroker
+from nids.stream.messages import triage
+from nids.stream.produce import encode, publish, read_records
+from nids.stream.settings import StreamSettings
+from nids.stream.worker import score_batch
+from training.data import CIC_ORIGINAL, NSL_KDD_TEST
+
+REPO = Path(__file__).resolve().parents[1]
+PARTITIONS = 4
+WARM_UP = 2_000
+
+
+class Answers:
+    """Counts the messages on the output topics as they arrive (a reader from the beginning, in the background)."""
+
+    def __init__(self, bootstrap: str, settings: StreamSettings) -> None:
+        topics = (settings.kafka_results_topic, settings.kafka_dlq_topic)
+        self.consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        self.count = 0
+        self.last = 0.0
+        self.dead = 0
+        self.dlq = settings.kafka_dlq_topic
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            for tp, messages in (await self.consumer.getmany(timeout_ms=100, max_records=10_000)).items():
+                self.count += len(messages)
+                self.dead += len(messages) if tp.topic == self.dlq else 0
+                self.last = time.perf_counter()
+
+    async def until(self, count: int, timeout: float) -> None:
+        deadline = time.perf_counter() + timeout
+        while self.count < count:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{self.count} of {count} answers within {timeout} s")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self.consumer.stop()
+
+
+def repeated(rows: list[dict[str, Any]], n: int) -> list[bytes]:
+    return encode(islice(cycle(rows), n))
+
+
+async def end_to_end(
+    bootstrap: str, worker: psutil.Process, kinds: dict[str, list[bytes]], timeout: float
+) -> dict[str, dict[str, float]]:
+    settings = StreamSettings(kafka_bootstrap_servers=bootstrap)
+    answers = Answers(bootstrap, settings)
+    await answers.start()
+    try:
+        await publish(settings, kinds["threat"][:WARM_UP])  # the worker joins its group and warms up
+        await answers.until(WARM_UP, timeout)
+        expected, figures = WARM_UP, {}
+        for kind, values in kinds.items():
+            expected += len(values)
+            dead_before, cpu_before = answers.dead, sum(worker.cpu_times()[:2])
+            start = time.perf_counter()
+            await publish(settings, values)
+            produced = time.perf_counter() - start
+            await answers.until(expected, timeout)
+            seconds = answers.last - start
+            figures[kind] = {
+                "records": len(values),
+                "seconds": seconds,
+                "records_per_second": len(values) / seconds,
+                "produce_seconds": produced,
+                "dead_lettered": answers.dead - dead_before,
+                "worker_cpu_seconds": sum(worker.cpu_times()[:2]) - cpu_before,
+            }
+        return figures
+    finally:
+        await answers.stop()
+
+
+def in_process(kinds: dict[str, list[bytes]], batch: int, data_dir: Path) -> dict[str, dict[str, float]]:
+    """Model call alone and the worker's CPU path per batch, on the same records, with the same models."""
+    settings = get_settings()
+    models = REGISTRY.load(settings.threat_model_tag, settings.attack_model_tag, load_model)
+    engine = HealingEngine.from_settings(settings.model_copy(update={"data_dir": data_dir}))
+    gc.collect()
+    gc.freeze()  # as the worker does after loading
+    stream = StreamSettings()
+    figures = {}
+    try:
+        for kind, values in kinds.items():
+            records = [ConsumerRecord("in", 0, i, 0, 0, None, v, None, 0, len(v), []) for i, v in enumerate(values)]
+            batches = [records[i : i + batch] for i in range(0, len(records), batch)]
+            model = models.threat if kind == "threat" else models.attack
+            matrices = [
+                to_matrix([f.root for f in triage(b).flows], model.feature_names, model.encoders) for b in batches
+            ]
+            start = time.perf_counter()
+            for matrix in matrices:
+                model.predict_proba(matrix)
+            model_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            for records_batch in batches:
+                score_batch(records_batch, models, engine.handle, stream)
+            path_seconds = time.perf_counter() - start
+            figures[kind] = {
+                "model_records_per_second": sum(len(m) for m in matrices) / model_seconds,
+                "pipeline_records_per_second": len(records) / path_seconds,
+            }
+    finally:
+        engine.close()
+    return figures
+
+
+async def create_topics(bootstrap: str, settings: StreamSettings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = (settings.kafka_topic, settings.kafka_results_topic, settings.kafka_dlq_topic)
+        await admin.create_topics([NewTopic(t, num_partitions=PARTITIONS, replication_factor=1) for t in topics])
+    finally:
+        await admin.close()
+
+
+def markdown(e2e: dict[str, dict[str, float]], local: dict[str, dict[str, float]], batch: int) -> str:
+    lines = [
+        f"| records | count | end to end (records/s) | worker CPU per record | dead-lettered | model only "
+        f"(records/s, batch {batch}) | worker CPU path in-process (records/s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, figure in e2e.items():
+        cpu_us = figure["worker_cpu_seconds"] / figure["records"] * 1e6
+        lines.append(
+            f"| {kind} | {figure['records']:,} | **{figure['records_per_second']:,.0f}** | {cpu_us:.1f} us "
+            f"| {figure['dead_lettered']:,} | {local[kind]['model_records_per_second']:,.0f} "
+            f"| {local[kind]['pipeline_records_per_second']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threat", type=int, default=100_000, help="threat records to stream")
+    parser.add_argument("--attack", type=int, default=20_000, help="attack records to stream")
+    parser.add_argument("--batch-size", type=int, default=StreamSettings().stream_batch_size)
+    parser.add_argument("--timeout", type=float, default=300, help="give up on a phase after this many seconds")
+    args = parser.parse_args()
+    kinds = {
+        "threat": repeated(read_records(NSL_KDD_TEST), args.threat),
+        "attack": repeated(read_records(CIC_ORIGINAL), args.attack),
+    }
+    with tempfile.TemporaryDirectory(prefix="nids-stream-bench-") as scratch, DevBroker() as broker:
+        asyncio.run(create_topics(broker.bootstrap, StreamSettings()))
+        env = {
+            **os.environ,
+            "NIDS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "NIDS_DATA_DIR": str(Path(scratch) / "worker"),
+            "NIDS_STREAM_METRICS_PORT": "0",
+            "NIDS_STREAM_BATCH_SIZE": str(args.batch_size),
+        }
+        log = Path(scratch) / "worker.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen([sys.executable, "-m", "nids.stream"], cwd=REPO, env=env, stdout=output,
+                                       stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            e2e = asyncio.run(end_to_end(broker.bootstrap, psutil.Process(process.pid), kinds, args.timeout))
+        except TimeoutError:
+            print(log.read_text(errors="replace")[-3000:])
+            raise
+        finally:
+            process.terminate()
+            process.wait(60)
+        local = in_process({kind: values[:20_000] for kind, values in kinds.items()}, args.batch_size, Path(scratch))
+    print(markdown(e2e, local, args.batch_size))
+    out = RESULTS / "benchmarks"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"stream-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    document = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "git": git_version(),
+                "python": platform.python_version(), "batch_size": args.batch_size, "end_to_end": e2e,
+                "in_process": local}  # fmt: skip
+    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
