@@ -92,9 +92,21 @@ def repeated(rows: list[dict[str, Any]], n: int) -> list[bytes]:
     return encode(islice(cycle(rows), n))
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all processes, all cores)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 async def end_to_end(
-    bootstrap: str, worker: psutil.Process, kinds: dict[str, list[bytes]], timeout: float
+    bootstrap: str, processes: dict[str, psutil.Process], kinds: dict[str, list[bytes]], timeout: float
 ) -> dict[str, dict[str, float]]:
+    """Records/s from the first record produced to the last answer read, and the CPU each process used."""
     settings = StreamSettings(kafka_bootstrap_servers=bootstrap)
     answers = Answers(bootstrap, settings)
     await answers.start()
@@ -104,19 +116,22 @@ async def end_to_end(
         expected, figures = WARM_UP, {}
         for kind, values in kinds.items():
             expected += len(values)
-            dead_before, cpu_before = answers.dead, sum(worker.cpu_times()[:2])
+            dead_before, busy_before = answers.dead, busy_seconds()
+            cpu_before = {name: cpu_seconds(process) for name, process in processes.items()}
             start = time.perf_counter()
             await publish(settings, values)
             produced = time.perf_counter() - start
             await answers.until(expected, timeout)
             seconds = answers.last - start
+            cpu = {f"{name}_cpu_seconds": cpu_seconds(p) - cpu_before[name] for name, p in processes.items()}
             figures[kind] = {
                 "records": len(values),
                 "seconds": seconds,
                 "records_per_second": len(values) / seconds,
                 "produce_seconds": produced,
                 "dead_lettered": answers.dead - dead_before,
-                "worker_cpu_seconds": sum(worker.cpu_times()[:2]) - cpu_before,
+                **cpu,
+                "other_processes_cpu_seconds": busy_seconds() - busy_before - sum(cpu.values()),
             }
         return figures
     finally:
@@ -169,16 +184,18 @@ async def create_topics(bootstrap: str, settings: StreamSettings) -> None:
 
 def markdown(e2e: dict[str, dict[str, float]], local: dict[str, dict[str, float]], batch: int) -> str:
     lines = [
-        f"| records | count | end to end (records/s) | worker CPU per record | dead-lettered | model only "
-        f"(records/s, batch {batch}) | worker CPU path in-process (records/s) |",
-        "|---|---|---|---|---|---|---|",
+        f"| records | count | end to end (records/s) | CPU per record: worker / broker / producer+reader | "
+        f"other processes' CPU | dead-lettered | model only (records/s, batch {batch}) | "
+        f"worker's CPU path in-process (records/s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for kind, figure in e2e.items():
-        cpu_us = figure["worker_cpu_seconds"] / figure["records"] * 1e6
+    for kind, f in e2e.items():
+        n, seconds = f["records"], f["seconds"]
+        per = " / ".join(f"{f[f'{name}_cpu_seconds'] / n * 1e6:.1f}" for name in ("worker", "broker", "benchmark"))
         lines.append(
-            f"| {kind} | {figure['records']:,} | **{figure['records_per_second']:,.0f}** | {cpu_us:.1f} us "
-            f"| {figure['dead_lettered']:,} | {local[kind]['model_records_per_second']:,.0f} "
-            f"| {local[kind]['pipeline_records_per_second']:,.0f} |"
+            f"| {kind} | {n:,} | **{f['records_per_second']:,.0f}** | {per} us | "
+            f"{f['other_processes_cpu_seconds'] / seconds:.0%} of a core | {f['dead_lettered']:,} | "
+            f"{local[kind]['model_records_per_second']:,.0f} | {local[kind]['pipeline_records_per_second']:,.0f} |"
         )
     return "\n".join(lines)
 
@@ -208,7 +225,12 @@ def main() -> None:
             process = subprocess.Popen([sys.executable, "-m", "nids.stream"], cwd=REPO, env=env, stdout=output,
                                        stderr=subprocess.STDOUT)  # fmt: skip
         try:
-            e2e = asyncio.run(end_to_end(broker.bootstrap, psutil.Process(process.pid), kinds, args.timeout))
+            processes = {
+                "worker": psutil.Process(process.pid),
+                "broker": psutil.Process(broker.process.pid),
+                "benchmark": psutil.Process(),  # producer and reader of the answers
+            }
+            e2e = asyncio.run(end_to_end(broker.bootstrap, processes, kinds, args.timeout))
         except TimeoutError:
             print(log.read_text(errors="replace")[-3000:])
             raise

@@ -40,7 +40,7 @@ async def _produce(settings: StreamSettings, path: Path, limit: int | None, topi
     from nids.stream.produce import encode, publish, read_records
 
     acknowledged = await publish(settings, encode(read_records(path, limit)), topic)
-    partitions = sorted({md.partition for md in acknowledged})
+    partitions = sorted({partition for partition, _ in acknowledged})
     print(f"published {len(acknowledged)} records to {topic or settings.kafka_topic} (partitions {partitions})")
     return 0
 

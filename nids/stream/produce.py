@@ -12,10 +12,9 @@ JSON: a list of flows, an object holding one (a request fixture such as `{"flows
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,10 @@ from aiokafka.structs import RecordMetadata
 
 from nids.core.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, ATTACK_IMPROVED_COLUMNS, THREAT_FEATURES
 from nids.core.pipeline import CSV_CONTEXT_COLUMNS
+from nids.stream.batches import MAX_BATCH_BYTES, BatchSender, Outbound
 from nids.stream.settings import StreamSettings
+
+PUBLISH_BATCH = 1000  # records a producer batch carries to one partition
 
 # CSV column -> field of the record
 _FEATURE_COLUMNS: dict[str, str] = {
@@ -94,12 +96,21 @@ def encode(records: Iterable[dict[str, Any]]) -> list[bytes]:
     return [orjson.dumps(record) for record in records]
 
 
-async def publish(settings: StreamSettings, values: Iterable[bytes], topic: str | None = None) -> list[RecordMetadata]:
-    """Send every value to the topic (default: the input topic); the broker's acknowledgement of each."""
-    producer = AIOKafkaProducer(acks="all", linger_ms=5, **settings.client_options())
+async def publish(settings: StreamSettings, values: Sequence[bytes], topic: str | None = None) -> list[tuple[int, int]]:
+    """Send the values (keyless) to the topic (default: the input topic), in batches of `PUBLISH_BATCH` (each on
+    the next partition); the (partition, offset) the broker acknowledged for each value, in order."""
+    producer = AIOKafkaProducer(acks="all", linger_ms=5, max_batch_size=MAX_BATCH_BYTES, **settings.client_options())
     await producer.start()
     try:
-        futures = [await producer.send(topic or settings.kafka_topic, value) for value in values]
-        return list(await asyncio.gather(*futures))
+        sender = BatchSender(producer)
+        name = topic or settings.kafka_topic
+        pending = []
+        for start in range(0, len(values), PUBLISH_BATCH):
+            pending.extend(await sender.send([Outbound(name, None, v) for v in values[start : start + PUBLISH_BATCH]]))
+        placed: list[tuple[int, int]] = []
+        for messages, future in pending:  # a batch's acknowledgement carries the offset of its first message
+            metadata: RecordMetadata = await future  # type: ignore[assignment]
+            placed.extend((metadata.partition, metadata.offset + i) for i in range(len(messages)))
+        return placed
     finally:
         await producer.stop()

@@ -17,14 +17,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.producer.message_accumulator import BatchBuilder
 
 from nids.core import pipeline
 from nids.core.errors import InvalidInput
@@ -34,24 +32,15 @@ from nids.core.schemas import AnalyzeFlow
 from nids.healing.audit import AuditUnavailable
 from nids.healing.engine import HealingEngine
 from nids.models.registry import ModelRegistry
+from nids.stream.batches import MAX_BATCH_BYTES, BatchSender, Outbound, Pending
 from nids.stream.messages import PredictionEvent, Record, dead_letter_json, event_json, prediction_event, triage
 from nids.stream.metrics import stream_metrics
 from nids.stream.settings import StreamSettings
 
 logger = logging.getLogger("nids.stream")
-_PARTITIONER = DefaultPartitioner()
-# a produce batch: well under the 1 MiB a Kafka broker accepts by default (message.max.bytes)
-MAX_BATCH_BYTES = 512 * 1024
 
 # The prediction log (issue 10) plugs in here: it gets every scored batch, flows and their events.
 PredictionSink = Callable[[Sequence[AnalyzeFlow], Sequence[PredictionEvent]], None]
-
-
-@dataclass(frozen=True)
-class Outbound:
-    topic: str
-    key: bytes | None
-    value: bytes
 
 
 @dataclass
@@ -62,10 +51,6 @@ class Scored:
     messages: list[Outbound]
     results: int
     received: float
-
-
-# messages sent as one produce batch, and the broker's acknowledgement of that batch
-Pending = tuple[list[Outbound], "asyncio.Future[object]"]
 
 
 @dataclass
@@ -139,7 +124,7 @@ class StreamWorker:
         self._settling = asyncio.Lock()
         self._holds: set[str] = set()  # causes of the current pause
         self._committed: dict[TopicPartition, int] = {}
-        self._turns: dict[str, int] = {}  # partition of the next keyless messages, per output topic
+        self.sender = BatchSender(self.producer)
 
     def stop(self) -> None:
         """Finish the batch at hand, settle every batch read, commit, leave the group (SIGTERM)."""
@@ -163,7 +148,7 @@ class StreamWorker:
             records = await self._next_batch()
             if records:
                 scored = await self._score(records)
-                self._in_flight.append(InFlight(scored, await self._send(scored.messages)))
+                self._in_flight.append(InFlight(scored, await self.sender.send(scored.messages)))
             await self._settle(keep=limit - 1)
             self._observe_lag()
         await self._settle(keep=0)
@@ -210,45 +195,6 @@ class StreamWorker:
         return Scored(offsets, messages, results, received)
 
     # --- producing and committing ----------------------------------------------------------------------
-    async def _send(self, messages: Sequence[Outbound]) -> list[Pending]:
-        """Send the messages as produce batches, one per target partition (or more when a batch fills up).
-
-        A message with a key goes where the producer's default partitioner puts it (Kafka's murmur2 hash, so
-        one key stays on one partition); keyless messages of one call go to the topic's next partition in turn.
-        Batches cost ~1 us a message against ~12 us through `send` one by one. A batch that cannot be sent
-        comes back as a failed acknowledgement, to be re-sent.
-        """
-        targets: dict[tuple[str, int], list[Outbound]] = defaultdict(list)
-        pending: list[Pending] = []
-        for topic in {message.topic for message in messages}:
-            group = [message for message in messages if message.topic == topic]
-            try:
-                partitions = sorted(await self.producer.partitions_for(topic))
-            except KafkaError as error:
-                pending.append((group, _failed(error)))
-                continue
-            turn = self._turns[topic] = (self._turns.get(topic, -1) + 1) % len(partitions)
-            for message in group:
-                key = message.key
-                partition = partitions[turn] if key is None else _PARTITIONER(key, partitions, partitions)
-                targets[(topic, partition)].append(message)
-        for (topic, partition), group in targets.items():
-            batch, members = self.producer.create_batch(), []
-            for message in group:
-                if batch.append(key=message.key, value=message.value, timestamp=None) is None:  # full
-                    pending.append((members, await self._send_batch(batch, topic, partition)))
-                    batch, members = self.producer.create_batch(), []
-                    if batch.append(key=message.key, value=message.value, timestamp=None) is None:
-                        raise ValueError(f"a message of {len(message.value)} bytes exceeds the producer's batch size")
-                members.append(message)
-            pending.append((members, await self._send_batch(batch, topic, partition)))
-        return pending
-
-    async def _send_batch(self, batch: BatchBuilder, topic: str, partition: int) -> asyncio.Future[object]:
-        try:
-            return await self.producer.send_batch(batch, topic, partition=partition)
-        except KafkaError as error:
-            return _failed(error)
 
     async def _settle(self, keep: int) -> None:
         """Acknowledge and commit batches, oldest first, until at most `keep` remain and the oldest is pending."""
@@ -285,7 +231,7 @@ class StreamWorker:
             logger.warning("%d messages not acknowledged, re-sending in %.1f s: %r", len(failed), delay, error)
             await asyncio.sleep(delay)
             delay = min(2 * delay, self.settings.stream_max_retry_seconds)
-            flight.pending = await self._send(failed)
+            flight.pending = await self.sender.send(failed)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit what this worker still owns; a partition lost to a rebalance is read again elsewhere."""
@@ -349,12 +295,6 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.worker.on_assigned(assigned)
-
-
-def _failed(error: KafkaError) -> asyncio.Future[object]:
-    future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-    future.set_exception(error)
-    return future
 
 
 def _acks(acks: str) -> int | str:

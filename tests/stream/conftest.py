@@ -132,7 +132,7 @@ class Stream:
 
     def produce(self, values: list[bytes]) -> list[Source]:
         """Publish the values; the (partition, offset) the broker acknowledged for each, in order."""
-        return [(md.partition, md.offset) for md in asyncio.run(publish(self.settings, values))]
+        return asyncio.run(publish(self.settings, values))
 
     def produce_records(self, records: list[dict[str, Any]]) -> list[Source]:
         return self.produce(encode(records))

@@ -98,14 +98,10 @@ def test_worker_scores_valid_records_and_dead_letters_invalid_ones(stream: Strea
             assert field.strip() in letter["error"]
 
     total = len(valid_sources) + len(invalid_sources)
-    samples = worker.wait_for(
-        lambda m: (
-            m.get('nids_stream_records_out_total{topic="network-predictions"}') == len(valid_sources)
-            and all(
-                m.get(f'nids_stream_consumer_lag{{partition="{p}",topic="network-traffic"}}') == 0 for p in range(4)
-            )
-        )
-    )
+    partitions = {partition for partition, _ in valid_sources + invalid_sources}
+    lags = [f'nids_stream_consumer_lag{{partition="{p}",topic="network-traffic"}}' for p in partitions]
+    out = 'nids_stream_records_out_total{topic="network-predictions"}'
+    samples = worker.wait_for(lambda m: m.get(out) == len(valid_sources) and all(m.get(lag) == 0 for lag in lags))
     assert samples['nids_stream_records_in_total{topic="network-traffic"}'] == total
     assert samples['nids_stream_records_dead_lettered_total{topic="network-traffic.dlq"}'] == len(invalid_sources)
     assert samples["nids_stream_batch_seconds_count"] >= 1
