@@ -280,10 +280,14 @@ class StreamWorker:
             with contextlib.suppress(KeyError):  # no lag published for it yet
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
 
-    def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.metrics.assigned.set(len(assigned))
         if self._holds:  # still paused for back-pressure: so are the new partitions
             self.consumer.pause(*assigned)
+        for tp in assigned:  # the group's committed offsets: lag is known before this worker commits anything
+            committed = await self.consumer.committed(tp)
+            if committed is not None:
+                self._committed[tp] = committed
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -294,7 +298,7 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.worker.on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self.worker.on_assigned(assigned)
+        await self.worker.on_assigned(assigned)
 
 
 def _acks(acks: str) -> int | str:
