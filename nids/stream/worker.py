@@ -1,7 +1,7 @@
 """The stream worker: consume flow records, score them in batches, produce results, commit - at least once.
 
 One loop reads a batch (up to `stream_batch_size` records, or what arrived within `stream_batch_wait_ms`),
-scores it off the event loop (triage -> nids.pipeline.analyze -> events; the loop keeps heartbeats, fetches
+scores it off the event loop (triage -> nids.core.pipeline.analyze -> events; the loop keeps heartbeats, fetches
 and produce requests going meanwhile) and hands every result and dead letter to the producer. A batch's
 offsets are committed only once the broker has acknowledged every one of its messages, batch after batch in
 the order they were read, so a crash at any point loses no record: what was not committed is read again
@@ -195,7 +195,6 @@ class StreamWorker:
         return Scored(offsets, messages, results, received)
 
     # --- producing and committing ----------------------------------------------------------------------
-
     async def _settle(self, keep: int) -> None:
         """Acknowledge and commit batches, oldest first, until at most `keep` remain and the oldest is pending."""
         async with self._settling:
