@@ -6,10 +6,10 @@ default :latest). Records are real rows: KDDTest+ (threat) and the original-rele
 (attack), repeated to the requested count, encoded before the clock starts. For each kind, end to end: the
 time from the first record produced to the last answer (prediction event or dead letter) read back from the
 output topics, by a producer and a reader in this process, on the same two cores as the worker and the
-broker; with the CPU each of the three used per record, and what other processes on the machine used. Then, in this process with the worker idle, the same records in-process: the model call alone
-(`predict_proba` on batches of the worker's size) and the worker's whole CPU path (nids.stream.worker
-.score_batch: decode, validate, models, self-healing, serialise). Prints Markdown; writes JSON under
-loadtest/results/benchmarks/.
+broker; with the CPU each of the three used per record, and what other processes on the machine used. Then,
+in this process with the worker idle, the same records in-process: the model call alone (`predict_proba` on
+batches of the worker's size) and the worker's whole CPU path (nids.stream.worker.score_batch: decode,
+validate, models, self-healing, serialise). Prints Markdown; writes JSON under loadtest/results/benchmarks/.
 """
 
 from __future__ import annotations
