@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import platform
@@ -44,7 +43,7 @@ from nids.stream.devbroker import DevBroker
 from nids.stream.messages import triage
 from nids.stream.produce import encode, publish, read_records
 from nids.stream.settings import StreamSettings
-from nids.stream.worker import score_batch
+from nids.stream.worker import score_batch, tune_collector
 from training.data import CIC_ORIGINAL, NSL_KDD_TEST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,8 +142,7 @@ def in_process(kinds: dict[str, list[bytes]], batch: int, data_dir: Path) -> dic
     settings = get_settings()
     models = REGISTRY.load(settings.threat_model_tag, settings.attack_model_tag, load_model)
     engine = HealingEngine.from_settings(settings.model_copy(update={"data_dir": data_dir}))
-    gc.collect()
-    gc.freeze()  # as the worker does after loading
+    tune_collector()  # as the worker does after loading
     stream = StreamSettings()
     figures = {}
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import deque
@@ -60,6 +61,19 @@ class InFlight:
 
     def done(self) -> bool:
         return all(future.done() for _, future in self.pending)
+
+
+def tune_collector() -> None:
+    """Garbage collection for a long-running worker; call once everything long-lived is loaded.
+
+    What is loaded by then (models, schemas, the engine) lives as long as the process: freezing it keeps it out
+    of every later full collection (-30% CPU per record: the collector otherwise walks those objects again and
+    again). A batch allocates ~50 objects a record that reference counting frees; a young generation of 50,000
+    instead of 700 spares most collections of them (-12% CPU per record). Measured with benchmarks/stream.py.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def score_batch(
