@@ -11,26 +11,17 @@ import os
 import re
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.integration.conftest import BENTOML, REPO, copy_store, free_port
+from benchmarks.replicas import Container, StartError, docker, start_container
+from tests.integration.conftest import BENTOML, REPO, copy_store
 
 ENGINE = REPO / "deploy" / "engine.sh"
-READY_SECONDS = 90
 FIXTURES = REPO / "tests" / "fixtures"
-
-
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}: {result.stderr[-2000:]}")
-    return result
 
 
 def missing(reason: str) -> None:
@@ -47,47 +38,6 @@ class Image:
     attack_tag: str
     build_seconds: float
     size_bytes: int
-
-
-@dataclass
-class Container:
-    name: str
-    url: str
-    volume: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
-
-    def logs(self) -> str:
-        result = docker("logs", self.name, check=False)
-        return result.stdout + result.stderr
-
-    def exec(self, *command: str) -> str:
-        return docker("exec", self.name, *command).stdout.strip()
-
-    def wait_for(self, path: str = "/readyz") -> None:
-        """Until GET path answers 200 (/livez: the server is up, ready or not)."""
-        deadline = time.monotonic() + READY_SECONDS
-        while time.monotonic() < deadline:
-            if not self.running():
-                pytest.fail(f"container {self.name} exited:\n{self.logs()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}{path}", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"container {self.name}: no 200 on {path} within {READY_SECONDS} s:\n{self.logs()[-3000:]}")
-
-    def running(self) -> bool:
-        result = docker("inspect", "-f", "{{.State.Running}}", self.name, check=False)
-        return result.stdout.strip() == "true"
-
-    def stop(self) -> int:
-        """docker stop (SIGTERM, SIGKILL after 30 s); the container's exit code."""
-        docker("stop", "-t", "30", self.name, timeout=60)
-        return int(docker("inspect", "-f", "{{.State.ExitCode}}", self.name).stdout)
 
 
 @pytest.fixture(scope="session")
@@ -135,48 +85,23 @@ def image(docker_engine: None, model_store: Any, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="module")
 def run_container(image: Image) -> Iterator[Callable[..., Container]]:
-    """run_container(volume=None, host_network=False, wait="/readyz", mounts=(), **env) -> Container, once GET
-    wait answers 200; every container and volume is removed at module end.
+    """run_container(**options) -> Container: benchmarks.replicas.start_container on the image; every container
+    and volume started is removed at module end."""
+    started: list[Container] = []
 
-    The container publishes its port 3000 on an ephemeral 127.0.0.1 port, or, with host_network, listens on a
-    free loopback port itself (PORT): the way to reach services that listen on the host's loopback only.
-    """
-    names: list[str] = []
-    volumes: set[str] = set()
-
-    def start(
-        volume: str | None = None,
-        host_network: bool = False,
-        wait: str = "/readyz",
-        mounts: tuple[str, ...] = (),
-        **env: str,
-    ) -> Container:
-        name = f"nids-test-{uuid.uuid4().hex[:10]}"
-        port = free_port()
-        args = ["run", "-d", "--name", name]
-        if host_network:
-            args += ["--network", "host"]
-            env = {"PORT": str(port), **env}
-        else:
-            args += ["-p", f"127.0.0.1:{port}:3000"]
-        for key, value in env.items():
-            args += ["-e", f"{key}={value}"]
-        if volume is not None:
-            volumes.add(volume)
-            args += ["-v", f"{volume}:/var/lib/nids"]
-        for mount in mounts:
-            args += ["-v", mount]
-        docker(*args, image.tag)
-        names.append(name)
-        container = Container(name=name, url=f"http://127.0.0.1:{port}", volume=volume, env=env)
-        container.wait_for(wait)
+    def start(**options: Any) -> Container:
+        try:
+            container = start_container(image.tag, **options)
+        except StartError as error:
+            pytest.fail(str(error))
+        started.append(container)
         return container
 
     yield start
-    for name in names:
-        docker("rm", "-f", name, check=False)
-    for volume in volumes:
-        docker("volume", "rm", "-f", volume, check=False)
+    for container in started:
+        container.remove()
+    for volume in {container.volume for container in started} - {None}:
+        docker("volume", "rm", "-f", str(volume), check=False)
 
 
 def volume_files(image: Image, volume: str, folder: str = "") -> set[str]:

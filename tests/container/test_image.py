@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.replicas import Container, docker
 from nids.features import ATTACK_CLASSES
 
-from .conftest import FIXTURES, Container, Image, docker, volume_files
+from .conftest import FIXTURES, Image, volume_files
 
 pytestmark = pytest.mark.container
 
