@@ -7,8 +7,8 @@
 #   default  BentoML's path: bentofile.yaml's docker.base_image (python:3.11-slim, pulled from the registry)
 #   local    a base made from Debian's packages (deploy/base-image.sh), for machines without a registry (CI here)
 #   auto     (the default) `default` when python:3.11-slim is present or can be pulled, else `local`
-# NIDS_IMAGE_TAG names the image (default: the Bento's tag, e.g. nids:abc123). Needs a Docker engine: as root,
-# deploy/engine.sh up starts one when none answers.
+# NIDS_IMAGE_TAG names the image (default: the Bento's tag, e.g. nids:abc123, also tagged nids:latest). Needs a
+# Docker engine: as root, deploy/engine.sh up starts one when none answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +51,9 @@ trap 'rm -rf "$context"' EXIT
 (cd "$context" && TMPDIR="$context" DOCKER_BUILDKIT=0 \
   "$BENTOML" containerize "$BENTO" --opt network=host "${build_args[@]}" "${image_tag[@]}" >&2)
 tag="${NIDS_IMAGE_TAG:-$("$BENTOML" get "$BENTO" -o json | python3 -c 'import json, sys; b = json.load(sys.stdin); print(f"{b[\"name\"]}:{b[\"version\"]}")')}"
+if [ -z "${NIDS_IMAGE_TAG:-}" ]; then
+  docker tag "$tag" "${tag%%:*}:latest"  # what deploy/docker-compose.yml runs by default
+fi
 size="$(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1 / 1e6}')"
 echo "container.sh: built $tag ($size) in $((SECONDS - start)) s" >&2
 echo "$tag"
