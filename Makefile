@@ -18,17 +18,19 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m training.train_all
 
+# training into an empty store leaves the tracked reports alone (`make train` rewrites them)
 train-if-empty: $(STAMP)
-	$(BIN)/python -m training.train_all --if-missing
+	$(BIN)/python -m training.train_all --if-missing --threat-reports-dir none --attack-reports-dir none
 
+# loopback by default: HOST=0.0.0.0 make serve to listen on every interface
 serve: train-if-empty
-	$(BIN)/bentoml serve service:NIDSService --host 0.0.0.0 --port $${PORT:-3000}
+	$(BIN)/bentoml serve nids.serving.service:NIDSService --host $${HOST:-127.0.0.1} --port $${PORT:-3000}
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 check: $(STAMP)
 	$(BIN)/python -m nids.check threat_detector:latest

@@ -1,7 +1,7 @@
 """Write the load-test pools of held-out real flows: `python -m loadtest.make_payloads`.
 
 - threat: rows of KDDTest+, the NSL-KDD test file the threat detector never trains on;
-- attack: rows of the attack classifier's validation split (nids.train_attack's own split, same seed), the
+- attack: rows of the attack classifier's validation split (training.attack's own split, same seed), the
   rows it is evaluated on and never trained on; every class present there is represented, and half of the
   flows use the original spaced CICFlowMeter names, half the snake_case aliases, as clients send both.
 Every flow is checked against the service's request schemas before it is written.
@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from loadtest.payloads import POOL_FILES
-from nids.data import LABEL, NSL_KDD_TEST, SOURCE, deduplicate_and_split, load_nsl_kdd, rows_of
-from nids.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CLASSES, THREAT_FEATURES, snake_case
-from nids.schemas import AttackFlow, ThreatFlow
-from nids.train_attack import AttackConfig, load_attack_frame
+from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CLASSES, THREAT_FEATURES, snake_case
+from nids.core.schemas import AttackFlow, ThreatFlow
+from training.attack import AttackConfig, load_attack_frame
+from training.data import LABEL, NSL_KDD_TEST, SOURCE, deduplicate_and_split, load_nsl_kdd, rows_of
 
 SEED = 20260401
 THREAT_FLOWS = 1000
@@ -76,7 +76,7 @@ def attack_pool(rng: np.random.Generator, size: int) -> tuple[list[dict[str, Any
     counts = Counter(f"{ATTACK_CLASSES[label]} ({source})" for label, source in pairs)
     sources = ", ".join(f"{Path(f.path).name} (sha256 {f.sha256})" for f in files)
     return flows, {
-        "source": f"validation split of nids.train_attack over {sources}: rows the classifier never trains on",
+        "source": f"validation split of training.attack over {sources}: rows the classifier never trains on",
         "rule": (
             f"{split.rule}; then up to {MIN_PER_CLASS} rows of every class and uniformly drawn rows up to {size} "
             f"(numpy default_rng({SEED})); even-numbered flows use the spaced CICFlowMeter names, odd ones snake_case"

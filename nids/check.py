@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nids.artifacts import (
+from nids.models.artifacts import (
     CaseResult,
     FileCheck,
     ModelIntegrityError,

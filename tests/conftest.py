@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,16 @@ import pytest
 # one store per session, even if this module is imported twice (as `conftest` and as `tests.conftest`)
 _STORE = Path(os.environ.setdefault("NIDS_TEST_SESSION_STORE", tempfile.mkdtemp(prefix="nids-test-bentoml-")))
 os.environ["BENTOML_HOME"] = str(_STORE)
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Each test reads the settings of its own environment (get_settings caches them per process)."""
+    from nids.core.settings import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -47,8 +58,8 @@ def training_slices() -> dict[str, dict[str, int]]:
 def model_store() -> TrainedModels:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    from nids.train_attack import AttackConfig, train_attack
-    from nids.train_threat import ThreatConfig, train_threat
+    from training.attack import AttackConfig, train_attack
+    from training.threat import ThreatConfig, train_threat
 
     assert Path(BentoMLContainer.bentoml_home.get()) == _STORE, "BentoML store is not the test session's"
     threat = train_threat(ThreatConfig(reports_dir=None, **THREAT_SLICE))
@@ -62,7 +73,7 @@ def clone_model(model_store: TrainedModels):
     tamper with the copy without touching the session's models. Returns the copy's tag."""
     import joblib
 
-    from nids.artifacts import ESTIMATOR_FILE, ONNX_FILE, get_store_model, load_reference_cases, save_model
+    from nids.models.artifacts import ESTIMATOR_FILE, ONNX_FILE, get_store_model, load_reference_cases, save_model
 
     auto = {"files", "library_versions", "git_commit", "created_at", "reference_case_count", "inference_forms"}
 

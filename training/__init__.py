@@ -1,7 +1,7 @@
 """Training entry points: `python -m training.train_threat`, `training.train_attack`, `training.train_all`.
 
-The CLIs are thin: every field of a model's config dataclass (nids.train_threat.ThreatConfig,
-nids.train_attack.AttackConfig) becomes a `--kebab-case` option, so defaults live in one place.
+The CLIs are thin: every field of a model's config dataclass (training.threat.ThreatConfig,
+training.attack.AttackConfig) becomes a `--kebab-case` option, so defaults live in one place.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ import argparse
 import sys
 import time
 
-from nids.train_attack import AttackConfig, train_attack
-from nids.train_threat import ThreatConfig, train_threat
 from training import add_config_options, config_from_args
+from training.attack import AttackConfig, train_attack
+from training.threat import ThreatConfig, train_threat
 
 THREAT, ATTACK = "threat-", "attack-"
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nids.train_attack import AttackConfig, train_attack
 from training import run_one
+from training.attack import AttackConfig, train_attack
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nids.train_threat import ThreatConfig, train_threat
 from training import run_one
+from training.threat import ThreatConfig, train_threat
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import AnyUrl, TypeAdapter
+
+from nids.core.errors import Unavailable
+from nids.core.settings import DatabaseUrl, sqlite_path
 from nids.healing.schemas import ActionQuery, ActionRecord
 
 COLUMNS: tuple[str, ...] = tuple(ActionRecord.model_fields)
@@ -53,7 +57,7 @@ class BlockConflict(RuntimeError):
     """Another process recorded a live block on the same address first."""
 
 
-class AuditUnavailable(RuntimeError):
+class AuditUnavailable(Unavailable):
     """The audit database cannot be reached or written: no decision can be recorded (HTTP 503)."""
 
 
@@ -276,10 +280,9 @@ class PostgresAuditStore(AuditStore):
             self._conn.close()
 
 
-def open_audit_store(url: str, table_prefix: str = "healing_") -> AuditStore:
+def open_audit_store(url: AnyUrl | str, table_prefix: str = "healing_") -> AuditStore:
     """`sqlite:///relative/or//absolute/path.sqlite3` or `postgresql://user@host:port/db`."""
-    if url.startswith("sqlite:///"):
-        return SqliteAuditStore(Path(url.removeprefix("sqlite:///")), table_prefix)
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresAuditStore(url, table_prefix)
-    raise ValueError(f"audit URL {url!r} must start with sqlite:/// or postgresql://")
+    url = TypeAdapter(DatabaseUrl).validate_python(url) if isinstance(url, str) else url
+    if url.scheme == "sqlite":
+        return SqliteAuditStore(sqlite_path(url), table_prefix)
+    return PostgresAuditStore(str(url), table_prefix)

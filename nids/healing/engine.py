@@ -20,25 +20,27 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from nids.core.actions import ACTION_TYPES, ActionStatus, ActionType, AttackEvent, HealingAction, Mode
+from nids.core.errors import Conflict, NotFound
+from nids.core.settings import Settings
 from nids.healing.audit import AuditStore, BlockConflict, When, open_audit_store
 from nids.healing.executors import Executor, default_executors
 from nids.healing.policy import AlertRule, BlockRule, Policy, RestartRule, Rule, load_policy
-from nids.healing.schemas import ACTION_TYPES, ActionQuery, ActionRecord, ActionType, AttackEvent, HealingAction, Mode
-from nids.settings import Settings
+from nids.healing.schemas import ActionQuery, ActionRecord
 
 logger = logging.getLogger("nids.healing")
 Clock = Callable[[], float]
 DISRUPTIVE: frozenset[str] = frozenset({"block_ip", "restart_service"})
 ENFORCEMENT_FLAG = "enforcement"
-REVERTIBLE = frozenset({"dry_run", "queued", "executed", "revert_failed"})
+REVERTIBLE = frozenset({ActionStatus.DRY_RUN, ActionStatus.QUEUED, ActionStatus.EXECUTED, ActionStatus.REVERT_FAILED})
 STALE_RUNNING_SECONDS = 600.0  # far beyond any executor's timeouts
 
 
-class ActionNotFound(LookupError):
+class ActionNotFound(NotFound):
     """No audit record has this id."""
 
 
-class NotRevertible(ValueError):
+class NotRevertible(Conflict):
     """The action cannot be reverted (already ended, or nothing ran)."""
 
 
@@ -121,15 +123,16 @@ class HealingEngine:
         ]
         for worker in self._workers:
             worker.start()
-        for pending in self.store.list(ActionQuery(status="queued", limit=1000)):  # accepted before a restart
+        for pending in self.store.list(
+            ActionQuery(status=ActionStatus.QUEUED, limit=1000)
+        ):  # accepted before a restart
             self._enqueue(pending)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HealingEngine:
         """Load and validate the policy (PolicyError stops startup), open the audit log, start the workers."""
         policy = load_policy(settings.healing_policy_file)
-        url = settings.healing_audit_url or f"sqlite:///{settings.data_dir / 'healing-audit.sqlite3'}"
-        store = open_audit_store(url, settings.healing_audit_table_prefix)
+        store = open_audit_store(settings.audit_url, settings.healing_audit_table_prefix)
         return cls(
             policy,
             store,
@@ -150,7 +153,7 @@ class HealingEngine:
         still expire (lifting a block is always safe).
         """
         if enabled and self.stopped_by_setting:
-            raise ValueError("enforcement is stopped by NIDS_HEALING_ENFORCEMENT_STOPPED; change it and restart")
+            raise Conflict("enforcement is stopped by NIDS_HEALING_ENFORCEMENT_STOPPED; change it and restart")
         self.store.set_flag(ENFORCEMENT_FLAG, "on" if enabled else "stopped")
         logger.warning("self-healing enforcement %s", "resumed" if enabled else "STOPPED")
 
@@ -164,7 +167,7 @@ class HealingEngine:
             except BlockConflict:  # another process blocked one of the addresses meanwhile: extend its block
                 records = self._decide_all(events, enforcing)
         for record in records:
-            if record.status == "queued":
+            if record.status == ActionStatus.QUEUED:
                 self._enqueue(record)
         return [record.to_action() for record in records]
 
@@ -218,9 +221,9 @@ class HealingEngine:
         if reason is not None:
             action = "alert_admin"
         mode = "enforce" if enforcing and action in self.policy.enforce else "dry_run"
-        status = "dry_run" if mode == "dry_run" else "queued"
+        status = ActionStatus.DRY_RUN if mode == "dry_run" else ActionStatus.QUEUED
         if action in ("alert_admin", "log_only") and not self.limiter.allow(action):
-            status = "rate_limited"
+            status = ActionStatus.RATE_LIMITED
         params = self._params(action, event, rule, service, block_seconds, reason)
         record = self._record(
             event,
@@ -258,7 +261,7 @@ class HealingEngine:
         *,
         action: ActionType,
         mode: Mode,
-        status: str,
+        status: ActionStatus,
         params: dict[str, Any],
         reason: str | None,
         command: str | None,
@@ -302,7 +305,7 @@ class HealingEngine:
             rule,
             action="block_ip",
             mode=live.mode,
-            status="extended",
+            status=ActionStatus.EXTENDED,
             params={**live.params, "extends": live.action_id},
             reason=None,
             command=None,
@@ -316,7 +319,7 @@ class HealingEngine:
         try:
             self._queues[record.action_type].put_nowait(record.action_id)
         except queue.Full:
-            self._finish(record.action_id, "failed", "execution queue full")
+            self._finish(record.action_id, ActionStatus.FAILED, "execution queue full")
 
     def _work(self, action_type: str) -> None:
         pending = self._queues[action_type]
@@ -359,24 +362,24 @@ class HealingEngine:
                 logger.error("self-healing could not restore block %s: %s", block.action_id, error)
 
     def _execute(self, action_id: str) -> None:
-        if not self.store.transition(action_id, "queued", "running", self.clock()):
+        if not self.store.transition(action_id, ActionStatus.QUEUED, ActionStatus.RUNNING, self.clock()):
             return  # reverted (or taken by another replica) before it ran
         record = self.store.get(action_id)
         if record is None:
             return
         if not self.enforcement_enabled:
-            self._finish(action_id, "suppressed", "enforcement stopped before execution")
+            self._finish(action_id, ActionStatus.SUPPRESSED, "enforcement stopped before execution")
             return
         executor = self.executors[record.action_type]
         try:
             outcome = executor.run(executor.plan(record.params))
         except Exception as error:
             logger.error("self-healing %s %s failed: %s", record.action_type, action_id, error)
-            self._finish(action_id, "failed", str(error))
+            self._finish(action_id, ActionStatus.FAILED, str(error))
             return
-        self.store.update(action_id, status="executed", outcome=outcome, updated_at=self.clock())
+        self.store.update(action_id, status=ActionStatus.EXECUTED, outcome=outcome, updated_at=self.clock())
 
-    def _finish(self, action_id: str, status: str, outcome: str) -> None:
+    def _finish(self, action_id: str, status: ActionStatus, outcome: str) -> None:
         """End an action that did nothing (failed or suppressed): nothing left to undo, no live block."""
         now = self.clock()
         self.store.update(action_id, status=status, outcome=outcome, updated_at=now, ended_at=now)
@@ -396,7 +399,7 @@ class HealingEngine:
         if target is None:
             raise ActionNotFound(f"action {action_id!r} extends {record.parent_id!r}, which is not in the audit log")
         with self._undo_lock:
-            return self._end(target.action_id, "reverted")
+            return self._end(target.action_id, ActionStatus.REVERTED)
 
     def sweep_expired(self) -> list[ActionRecord]:
         """Lift every block whose expiry has passed (the block_ip worker calls this every few seconds)."""
@@ -404,32 +407,34 @@ class HealingEngine:
         with self._undo_lock:
             for block in self.store.due_blocks(self.clock()):
                 try:
-                    lifted.append(self._end(block.action_id, "expired"))
+                    lifted.append(self._end(block.action_id, ActionStatus.EXPIRED))
                 except NotRevertible:
                     continue  # still running: lifted on a later sweep
         return lifted
 
-    def _end(self, action_id: str, final_status: str) -> ActionRecord:
+    def _end(self, action_id: str, final_status: ActionStatus) -> ActionRecord:
         record = self.store.get(action_id)
         if record is None:
             raise ActionNotFound(f"no self-healing action with id {action_id!r}")
         now = self.clock()
-        cancelled = record.status == "queued" and self.store.transition(action_id, "queued", final_status, now)
-        if not cancelled and record.status == "queued":
+        cancelled = record.status == ActionStatus.QUEUED and self.store.transition(
+            action_id, ActionStatus.QUEUED, final_status, now
+        )
+        if not cancelled and record.status == ActionStatus.QUEUED:
             record = self.store.get(action_id) or record  # a worker took it meanwhile
         # an action left `running` by a process that died is treated as executed once it is stale
-        stale = record.status == "running" and now - record.updated_at.timestamp() > STALE_RUNNING_SECONDS
+        stale = record.status == ActionStatus.RUNNING and now - record.updated_at.timestamp() > STALE_RUNNING_SECONDS
         if not (cancelled or stale) and (record.ended_at is not None or record.status not in REVERTIBLE):
-            raise NotRevertible(f"action {action_id} cannot be reverted now: its status is {record.status!r}")
+            raise NotRevertible(f"action {action_id} cannot be reverted now: its status is '{record.status}'")
         executor = self.executors[record.action_type]
         undo = executor.undo_plan(record.params)
         status, outcome = final_status, "cancelled before it ran" if cancelled else "nothing ran (dry run)"
-        if stale or record.status in ("executed", "revert_failed"):
+        if stale or record.status in (ActionStatus.EXECUTED, ActionStatus.REVERT_FAILED):
             try:
                 outcome = executor.run(undo)
             except Exception as error:
-                status, outcome = "revert_failed", str(error)
-        ended = {"ended_at": now} if status != "revert_failed" else {}
+                status, outcome = ActionStatus.REVERT_FAILED, str(error)
+        ended = {"ended_at": now} if status != ActionStatus.REVERT_FAILED else {}
         self.store.update(
             action_id, status=status, undo_command=undo.text, undo_outcome=outcome, updated_at=now, **ended
         )
@@ -441,7 +446,7 @@ class HealingEngine:
         self,
         *,
         action_type: str | None = None,
-        status: str | None = None,
+        status: ActionStatus | None = None,
         address: str | None = None,
         since: When | None = None,
         until: When | None = None,

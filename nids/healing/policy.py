@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nids.features import ATTACK_CLASSES
-from nids.healing.schemas import ACTION_TYPES, ActionType, attack_class
+from nids.core.actions import ACTION_TYPES, ActionType, attack_class
+from nids.core.features import ATTACK_CLASSES
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Location = tuple[int | str, ...]

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from nids.core.settings import Settings
 from nids.healing import HealingEngine
 from nids.healing.audit import AuditStore, BlockConflict, open_audit_store
 from nids.healing.schemas import ActionQuery, ActionRecord
@@ -19,7 +21,7 @@ from .conftest import PG_URL, POLICY_FILE, ROOT, T0, drop_tables, postgres_reach
 WRITER = """
 import json
 from nids.healing import AttackEvent, HealingEngine
-from nids.settings import Settings
+from nids.core.settings import Settings
 
 engine = HealingEngine.from_settings(Settings())
 actions = engine.handle([
@@ -34,7 +36,7 @@ print(json.dumps([action.model_dump(mode="json") for action in actions]))
 READER = """
 import json
 from nids.healing import HealingEngine
-from nids.settings import Settings
+from nids.core.settings import Settings
 
 engine = HealingEngine.from_settings(Settings())
 print(json.dumps([record.model_dump(mode="json") for record in engine.list_actions()]))
@@ -128,9 +130,19 @@ def test_flags(store: AuditStore):
     assert store.get_flag("enforcement") == "on"
 
 
-def test_unknown_audit_url_is_refused():
-    with pytest.raises(ValueError, match="must start with sqlite:/// or postgresql://"):
+def test_unknown_audit_url_is_refused_at_start(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NIDS_HEALING_AUDIT_URL", "mysql://db/audit")
+    with pytest.raises(ValidationError, match=r"healing_audit_url\n.*URL scheme should be 'sqlite', 'postgresql'"):
+        Settings()
+    with pytest.raises(ValidationError, match="URL scheme should be 'sqlite', 'postgresql'"):
         open_audit_store("mysql://db/audit")
+
+
+def test_sqlite_urls_name_relative_and_absolute_files(tmp_path: Path):
+    assert Settings(data_dir=Path("var")).audit_url.path == "/var/healing-audit.sqlite3"
+    store = open_audit_store(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+    store.close()
+    assert (tmp_path / "audit.sqlite3").is_file()
 
 
 def _python(script: str, env: dict[str, str]) -> list[dict]:
@@ -174,7 +186,7 @@ def test_audit_rows_survive_a_restart_of_the_service_process(backend: str, tmp_p
 
 
 def test_sqlite_default_lives_in_the_data_directory(tmp_path: Path):
-    from nids.settings import Settings
+    from nids.core.settings import Settings
 
     engine = HealingEngine.from_settings(Settings(data_dir=tmp_path / "state", healing_policy_file=POLICY_FILE))
     engine.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from nids.core.errors import Conflict
 from nids.healing import ActionNotFound, AttackEvent, HealingEngine, NotRevertible
 from nids.healing.audit import SqliteAuditStore
 from nids.healing.executors import default_executors
@@ -193,7 +194,7 @@ def test_stop_switch_is_shared_through_the_audit_store(engine_factory, tmp_path:
 def test_stop_setting_cannot_be_overridden_at_runtime(engine_factory):
     engine = engine_factory(make_policy(enforce=["block_ip"]), enforcement_stopped=True)
     assert engine.handle([ssh()])[0].mode == "dry_run"
-    with pytest.raises(ValueError, match="NIDS_HEALING_ENFORCEMENT_STOPPED"):
+    with pytest.raises(Conflict, match="NIDS_HEALING_ENFORCEMENT_STOPPED"):
         engine.set_enforcement(True)
 
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from nids.features import ATTACK_CLASSES
+from nids.core.features import ATTACK_CLASSES
+from nids.core.settings import Settings
 from nids.healing import HealingEngine, PolicyError, load_policy
 from nids.healing.policy import parse_policy
-from nids.settings import Settings
 
 from .conftest import POLICY_FILE
 

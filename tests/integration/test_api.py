@@ -14,9 +14,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from nids.artifacts import load_reference_cases
-from nids.data import CIC_ORIGINAL, NSL_KDD_TEST
-from nids.features import ATTACK_CLASSES, ATTACK_FEATURE_BY_SNAKE, THREAT_FEATURES
+from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURE_BY_SNAKE, THREAT_FEATURES
+from nids.models.artifacts import load_reference_cases
+from training.data import CIC_ORIGINAL, NSL_KDD_TEST
 
 from .conftest import Server
 

@@ -19,8 +19,6 @@ from .conftest import BENTOML, REPO, copy_store
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BENTOFILE = yaml.safe_load((REPO / "bentofile.yaml").read_text())
-# dependencies of training and reports only, kept out of the served image
-TRAINING_ONLY = {"pandas", "matplotlib", "skl2onnx", "onnx"}
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +42,12 @@ def bento(model_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bento_holds_the_service_package_policy_and_models(bento: Path, model_store: Any) -> None:
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert manifest["service"] == "service:NIDSService"
+    assert manifest["service"] == "nids.serving.service:NIDSService"
     assert {model["tag"] for model in manifest["models"]} == {model_store.threat_tag, model_store.attack_tag}
-    for path in ("service.py", "nids/pipeline.py", "nids/healing/engine.py", "config/healing.yaml"):
+    for path in ("nids/serving/service.py", "nids/core/pipeline.py", "nids/healing/engine.py", "config/healing.yaml"):
         assert (bento / "src" / path).is_file(), path
-    assert not (bento / "src" / "tests").exists()
+    for absent in ("tests", "training", "benchmarks", "loadtest", "data"):  # the Bento serves; it does not train
+        assert not (bento / "src" / absent).exists(), absent
     routes = {route["name"] for route in manifest["schema"]["routes"]}
     assert routes == {
         *("detect_threat", "classify_attack", "self_heal", "analyze", "analyze_csv", "model_info"),
@@ -71,6 +70,8 @@ def test_generated_dockerfile_and_pinned_requirements(bento: Path) -> None:
     assert all("==" in line for line in requirements), requirements
     for package in ("scikit-learn", "onnxruntime", "pydantic", "numpy"):
         assert any(line.startswith(f"{package}==") for line in requirements), package
+    for training_only in ("matplotlib", "skl2onnx", "onnx", "pandas"):
+        assert not any(line.startswith(f"{training_only}==") for line in requirements), training_only
 
 
 def test_bentofile_pins_satisfy_pyproject() -> None:
@@ -79,7 +80,7 @@ def test_bentofile_pins_satisfy_pyproject() -> None:
         canonicalize_name(Requirement(dep).name): Requirement(dep) for dep in pyproject["project"]["dependencies"]
     }
     pinned = {canonicalize_name(Requirement(pin).name): Requirement(pin) for pin in BENTOFILE["python"]["packages"]}
-    assert set(pinned) == set(declared) - TRAINING_ONLY
+    assert set(pinned) == set(declared)
     for name, pin in pinned.items():
         (version,) = [spec.version for spec in pin.specifier if spec.operator == "=="]
         assert declared[name].specifier.contains(version), f"{name}=={version} outside {declared[name].specifier}"

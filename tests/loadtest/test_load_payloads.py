@@ -9,8 +9,8 @@ from pydantic import TypeAdapter
 
 from loadtest.payloads import PAYLOAD_DIR, POOL_FILES, body_count, load_pool, request_bodies
 from loadtest.scenarios import SCENARIOS
-from nids.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, THREAT_FEATURES
-from nids.schemas import AnalyzeFlows, AttackFlow, ThreatFlow, flow_kind
+from nids.core.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, THREAT_FEATURES
+from nids.core.schemas import AnalyzeFlows, AttackFlow, ThreatFlow, flow_kind
 
 
 def test_payloads_stay_small():

@@ -1,0 +1,290 @@
+"""What the APIs do, independent of any server: validated flows in, predictions and actions out.
+
+Every function takes the models snapshot it works with (`ModelRegistry.active()`), so a version switch
+never mixes two versions inside one request. Rows become matrices only through nids.core.encoding.to_matrix;
+the rest is vectorised over the batch. Self-healing is a `Healer` (the engine's `handle`), and what was
+predicted is reported to an `Observer` (the service's Prometheus metrics): the core knows neither.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from pydantic import TypeAdapter
+
+from nids.core.actions import AttackEvent, HealingAction
+from nids.core.encoding import to_matrix
+from nids.core.errors import InvalidInput, RequestTooLarge
+from nids.core.features import THREAT_CATEGORICAL, THREAT_FEATURES
+from nids.core.schemas import (
+    ATTACK_ATTRIBUTE,
+    CONTEXT_FIELDS,
+    AnalyzeFlow,
+    AnalyzeResponse,
+    AnalyzeResult,
+    AnalyzeSummary,
+    AttackPrediction,
+    ClassProbability,
+    ModelDescription,
+    ModelInfo,
+    ThreatFlow,
+    ThreatPrediction,
+    flow_kind,
+)
+
+if TYPE_CHECKING:
+    from nids.core.model import ActiveModels, LoadedModel
+    from nids.core.schemas import AttackFlow
+
+Healer = Callable[[Sequence[AttackEvent]], list[HealingAction]]
+
+
+class Observer(Protocol):
+    """Told what was predicted and decided (e.g. to count it); every method is called once per batch."""
+
+    def count_threats(self, is_attack: np.ndarray) -> None: ...
+
+    def count_attacks(self, codes: np.ndarray, class_names: Sequence[str]) -> None: ...
+
+    def count_actions(self, actions: Iterable[HealingAction]) -> None: ...
+
+
+TOP_CLASSES = 3
+BENIGN_CODE = 0  # ATTACK_CLASSES[0] == "BENIGN"
+
+# CICFlowMeter's own names of the context columns (both releases) -> context field
+CSV_CONTEXT_COLUMNS: dict[str, str] = {
+    "flow id": "flow_id",
+    "source ip": "src_ip",
+    "src ip": "src_ip",
+    "destination ip": "dst_ip",
+    "dst ip": "dst_ip",
+    "source port": "src_port",
+    "src port": "src_port",
+    "timestamp": "timestamp",
+}
+_CSV_ROWS = TypeAdapter(list[AnalyzeFlow])
+# the feature columns a CSV may carry, by flow kind (attack: spaced original names and snake_case)
+_CSV_FEATURES: dict[str, frozenset[str]] = {
+    "threat": frozenset(THREAT_FEATURES),
+    "attack": frozenset(ATTACK_ATTRIBUTE) | frozenset(ATTACK_ATTRIBUTE.values()),
+}
+
+
+def probabilities(model: LoadedModel, flows: Sequence[ThreatFlow] | Sequence[AttackFlow]) -> np.ndarray:
+    """(n, n_classes) class probabilities, clipped to [0, 1] (float32 sums can exceed 1 by an ulp)."""
+    return np.clip(model.predict_proba(to_matrix(flows, model.feature_names, model.encoders)), 0.0, 1.0)
+
+
+def check_codes(model: LoadedModel, flows: Sequence[ThreatFlow], rows: Sequence[int] | None = None) -> None:
+    """Refuse category codes past the serving model's categories (400 naming row and field).
+
+    `rows` are the flows' positions in the request (default: 0..n-1), so the error names the row the caller sent.
+    """
+    detail = []
+    for position, flow in enumerate(flows):
+        for feature in THREAT_CATEGORICAL:
+            value, high = flow[feature], len(model.encoders.get(feature, ())) - 1
+            if isinstance(value, int) and value > high:
+                row = position if rows is None else rows[position]
+                message = f"Input should be a known name or a code within [0, {high}]"
+                detail.append({"loc": ["flows", row, feature], "msg": message, "type": "category_code"})
+    if detail:
+        raise InvalidInput(f"{len(detail)} invalid field(s) in the request", detail=detail)
+
+
+def detect_threats(
+    models: ActiveModels,
+    flows: Sequence[ThreatFlow],
+    observer: Observer | None = None,
+    rows: Sequence[int] | None = None,
+) -> list[ThreatPrediction]:
+    model = models.threat
+    if not flows:
+        return []
+    check_codes(model, flows, rows)
+    scores = probabilities(model, flows)[:, 1]
+    threshold = float(model.threshold if model.threshold is not None else 0.5)  # none recorded: argmax
+    is_attack = scores >= threshold
+    if observer is not None:
+        observer.count_threats(is_attack)
+    return [
+        ThreatPrediction(
+            **flow.context(),
+            prediction_score=float(score),
+            is_attack=bool(attack),
+            threshold=threshold,
+            model_version=model.tag,
+        )
+        for flow, score, attack in zip(flows, scores, is_attack, strict=True)
+    ]
+
+
+def classify_attacks(
+    models: ActiveModels, flows: Sequence[AttackFlow], observer: Observer | None = None
+) -> list[AttackPrediction]:
+    return _attack_predictions(models.attack, flows, probabilities(models.attack, flows), observer)[0]
+
+
+def _attack_predictions(
+    model: LoadedModel, flows: Sequence[AttackFlow], proba: np.ndarray, observer: Observer | None
+) -> tuple[list[AttackPrediction], np.ndarray]:
+    """Predictions from the probability matrix, and the predicted codes."""
+    if not flows:
+        return [], np.empty(0, dtype=np.int64)
+    top = np.argsort(-proba, axis=1, kind="stable")[:, :TOP_CLASSES]
+    codes = top[:, 0]
+    if observer is not None:
+        observer.count_attacks(codes, model.class_names)
+    names = model.class_names
+    predictions = [
+        AttackPrediction(
+            **flow.context(),
+            attack_type_encoded=int(row_top[0]),
+            attack_type_name=names[row_top[0]],
+            confidence=float(row[row_top[0]]),
+            top_classes=[
+                ClassProbability(attack_type_name=names[c], attack_type_encoded=int(c), probability=float(row[c]))
+                for c in row_top
+            ],
+            model_version=model.tag,
+        )
+        for flow, row, row_top in zip(flows, proba, top, strict=True)
+    ]
+    return predictions, codes
+
+
+def self_heal(heal: Healer, events: Sequence[AttackEvent], observer: Observer | None = None) -> list[HealingAction]:
+    actions = heal(events)
+    if observer is not None:
+        observer.count_actions(actions)
+    return actions
+
+
+def analyze(
+    models: ActiveModels, heal: Healer, items: Sequence[AnalyzeFlow], observer: Observer | None = None
+) -> AnalyzeResponse:
+    """The whole pipeline per flow: threat verdict, attack type and self-healing action (42-feature flows).
+
+    A 42-feature flow's threat verdict comes from the classifier: score = 1 - P(BENIGN), attack when the
+    predicted class is not BENIGN (threshold null). A 10-feature flow has no attack type, hence no action.
+    """
+    flows = [item.root for item in items]
+    threat_index = [i for i, flow in enumerate(flows) if isinstance(flow, ThreatFlow)]
+    attack_index = [i for i, flow in enumerate(flows) if not isinstance(flow, ThreatFlow)]
+    threat_flows = [flows[i] for i in threat_index]
+    attack_flows = [flows[i] for i in attack_index]
+
+    results: dict[int, AnalyzeResult] = {}
+    for i, prediction in zip(threat_index, detect_threats(models, threat_flows, observer, threat_index), strict=True):
+        results[i] = AnalyzeResult(**_echo(prediction), index=i, kind="threat", threat_prediction=prediction)
+
+    proba = probabilities(models.attack, attack_flows) if attack_flows else np.empty((0, 0))
+    attack_predictions, codes = _attack_predictions(models.attack, attack_flows, proba, observer)
+    events = [
+        AttackEvent(
+            attack_type=p.attack_type_name,
+            confidence=p.confidence,
+            src_ip=p.src_ip,
+            dst_ip=p.dst_ip,
+            flow_id=p.flow_id,
+            timestamp=p.timestamp,
+            model_version=p.model_version,
+        )
+        for p in attack_predictions
+    ]
+    actions = self_heal(heal, events, observer) if events else []
+    benign_proba = proba[:, BENIGN_CODE] if attack_flows else np.empty(0)
+    for i, prediction, p_benign, code, action in zip(
+        attack_index, attack_predictions, benign_proba, codes, actions, strict=True
+    ):
+        verdict = ThreatPrediction(
+            **_echo(prediction),
+            prediction_score=float(1.0 - p_benign),
+            is_attack=bool(code != BENIGN_CODE),
+            threshold=None,
+            model_version=prediction.model_version,
+        )
+        results[i] = AnalyzeResult(
+            **_echo(prediction),
+            index=i,
+            kind="attack",
+            threat_prediction=verdict,
+            attack_prediction=prediction,
+            self_healing_action=action,
+        )
+    ordered = [results[i] for i in range(len(flows))]
+    return AnalyzeResponse(results=ordered, summary=summarise(ordered))
+
+
+def _echo(prediction: ThreatPrediction | AttackPrediction) -> dict[str, Any]:
+    return {name: getattr(prediction, name) for name in CONTEXT_FIELDS}
+
+
+def summarise(results: Sequence[AnalyzeResult]) -> AnalyzeSummary:
+    return AnalyzeSummary(
+        total=len(results),
+        by_verdict=dict(Counter("attack" if r.threat_prediction.is_attack else "benign" for r in results)),
+        by_attack_type=dict(Counter(r.attack_prediction.attack_type_name for r in results if r.attack_prediction)),
+        by_action=dict(Counter(r.self_healing_action.action_type for r in results if r.self_healing_action)),
+    )
+
+
+def read_csv(path: Path, *, max_rows: int, max_bytes: int) -> tuple[list[AnalyzeFlow], list[str]]:
+    """Validated flows of an uploaded CSV (CICFlowMeter or NSL-KDD columns) and the columns ignored.
+
+    Columns that are neither features nor context (labels, the other CICFlowMeter features) are ignored and
+    reported; a missing feature or an invalid value rejects the upload, naming row and column.
+    """
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise RequestTooLarge(f"the CSV file has {size} bytes; the limit is {max_bytes} (NIDS_MAX_CSV_BYTES)")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            keep = _csv_columns(header)
+            rows = []
+            for line in reader:
+                if len(rows) == max_rows:
+                    raise RequestTooLarge(f"the CSV file has more than {max_rows} rows (NIDS_MAX_ROWS_PER_REQUEST)")
+                rows.append({keep[j]: value for j, value in enumerate(line) if j in keep and value != ""})
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInput(f"the file is not a UTF-8 CSV file: {exc}") from exc
+    ignored = [name for j, name in enumerate(header) if j not in keep]
+    return _CSV_ROWS.validate_python(rows), ignored
+
+
+def _csv_columns(header: Sequence[str]) -> dict[int, str]:
+    """Column index -> field name for the columns the flows use."""
+    kind = flow_kind(dict.fromkeys(header))
+    features = _CSV_FEATURES[kind] if kind else frozenset()
+    keep = {}
+    for j, name in enumerate(header):
+        if name in features:
+            keep[j] = name
+        elif name.strip().lower() in CSV_CONTEXT_COLUMNS:
+            keep[j] = CSV_CONTEXT_COLUMNS[name.strip().lower()]
+    return keep
+
+
+def describe(model: LoadedModel) -> ModelDescription:
+    return ModelDescription(
+        tag=model.tag,
+        name=model.name,
+        inference_form=model.inference_form,
+        feature_names=list(model.feature_names),
+        class_names=list(model.class_names),
+        threshold=model.threshold,
+        metrics=model.metadata.get("metrics", {}),
+        reference_cases=list(model.reference_results),
+    )
+
+
+def model_info(models: ActiveModels) -> ModelInfo:
+    return ModelInfo(threat=describe(models.threat), attack=describe(models.attack))

@@ -1,0 +1,81 @@
+"""All runtime configuration in one typed object: environment variables prefixed NIDS_ (or a .env file).
+
+`get_settings()` reads them once per process and validates them at start: a bad value stops startup with a
+message naming the variable. Every layer takes what it needs from this one object.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyUrl, Field, UrlConstraints, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
+
+# sqlite:///relative/path, sqlite:////absolute/path or postgresql://user@host:port/database
+DatabaseUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["sqlite", "postgresql", "postgres"])]
+
+
+def sqlite_path(url: AnyUrl) -> Path:
+    """The file of a sqlite:/// URL (three slashes: relative; four: absolute)."""
+    return Path((url.path or "").removeprefix("/"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NIDS_", env_file=".env", extra="ignore")
+
+    # --- models -------------------------------------------------------------------------------------
+    threat_model_tag: str = Field(f"{THREAT_MODEL_NAME}:latest", description="model-store tag served for threats")
+    attack_model_tag: str = Field(f"{ATTACK_MODEL_NAME}:latest", description="model-store tag served for attacks")
+
+    # --- request limits -----------------------------------------------------------------------------
+    max_rows_per_request: int = Field(10_000, gt=0, description="rows above this are refused with 413")
+    max_csv_bytes: int = Field(20 * 1024 * 1024, gt=0, description="uploaded CSV files above this get 413")
+    max_rows_per_batched_request: int = Field(
+        2_000, gt=0, description="rows above this get 413 on detect_threat/classify_attack (latency budget)"
+    )
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="JSON request bodies above this get 413 (10,000 spaced-name flows ~ 15 MB)"
+    )
+
+    # --- logging -------------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="level of the nids.* loggers (refused requests are logged at INFO, without payload)"
+    )
+
+    # --- data directory (audit log, state) ------------------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="where the service keeps its own state")
+
+    # --- self-healing (docs/self-healing.md) ------------------------------------------------------------
+    healing_policy_file: Path = Field(Path("config/healing.yaml"), description="attack type -> action policy")
+    healing_audit_url: DatabaseUrl | None = Field(
+        None, description="sqlite:///path or postgresql://...; default: SQLite file healing-audit.sqlite3 in data_dir"
+    )
+    healing_audit_table_prefix: str = Field("healing_", description="prefix of the audit tables")
+    healing_enforcement_stopped: bool = Field(False, description="stop switch: nothing is enforced while true")
+    healing_own_addresses: list[str] = Field(
+        default_factory=list, description="the service's own addresses (never blocked); the host name's are added"
+    )
+
+    @field_validator("threat_model_tag", "attack_model_tag")
+    @classmethod
+    def _tag_has_name(cls, tag: str) -> str:
+        name, _, version = tag.partition(":")
+        if not name or (":" in tag and not version):
+            raise ValueError(f"model tag {tag!r} must look like 'name' or 'name:version'")
+        return tag
+
+    @property
+    def audit_url(self) -> AnyUrl:
+        """The audit log's database: the configured URL, or the SQLite file in data_dir."""
+        default = AnyUrl(f"sqlite:///{self.data_dir / 'healing-audit.sqlite3'}")
+        return self.healing_audit_url or default
+
+
+@cache
+def get_settings() -> Settings:
+    """The settings as read once per process (the request limits are read on the hot path)."""
+    return Settings()

@@ -1,0 +1,122 @@
+"""Validation rules of every feature, the request limits, and how refusals are reported.
+
+A rule is a closed interval (either end may be open) plus what happens to +/-inf. The ranges accept what
+real CICFlowMeter / NSL-KDD output contains and refuse what no real flow can have; the evidence for each
+choice is in docs/api.md ("Validation"). Values were measured on the committed datasets:
+
+- NSL-KDD (KDDTrain+, 125,973 rows): every count and byte feature is >= 0, every rate within [0, 1].
+- CIC-IDS2017 original release (dev sample, 44,953 rows) and the corrected release (39,393 rows): negative
+  values occur only where CICFlowMeter's own arithmetic produces them: `Init_Win_bytes_*` = -1 (no packet in
+  that direction; 14,727 and 20,183 rows), `Flow IAT Min` down to -3 and `Flow Bytes/s`, `Flow Packets/s` = -1
+  (clock going backwards; 51 and 33 rows), `Fwd Header Length` down to -6.4e9, `Bwd Header Length` to -20,560
+  and `min_seg_size_forward` to -5.4e8 (integer overflows). Every other feature is >= 0 in both releases.
+  `Flow Duration` and `Flow IAT Mean` come from the same timestamp differences as `Flow IAT Min`, so they are
+  signed too (no negative value in these samples, but the same clock skew reaches them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic_core import PydanticCustomError
+
+from nids.core.errors import RequestTooLarge
+from nids.core.features import ATTACK_FEATURES
+from nids.core.settings import get_settings
+
+InfPolicy = Literal["zero", "error"]
+
+
+@dataclass(frozen=True)
+class FeatureRule:
+    """Allowed values of one numeric feature: [low, high] (None = unbounded) and the treatment of +/-inf."""
+
+    low: float | None
+    high: float | None
+    why: str
+    inf: InfPolicy = "zero"
+
+    def check(self, value: float) -> float:
+        """The value to use, or PydanticCustomError naming the rule it breaks."""
+        if math.isnan(value):
+            raise PydanticCustomError("nan", "NaN is not allowed: send a number")
+        if math.isinf(value):
+            if self.inf == "error":
+                raise PydanticCustomError("finite_number", "Input should be a finite number")
+            return 0.0  # CICFlowMeter writes Infinity for rates of zero-duration flows; the models saw 0
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise PydanticCustomError(
+                "out_of_range", "Input should be within {range}: {why}", {"range": self.describe(), "why": self.why}
+            )
+        return value
+
+    def describe(self) -> str:
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "+inf" if self.high is None else f"{self.high:g}"
+        return f"[{low}, {high}]"
+
+    def json_schema(self) -> dict[str, float]:
+        bounds = {"minimum": self.low, "maximum": self.high}
+        return {key: bound for key, bound in bounds.items() if bound is not None}
+
+
+_NSL_COUNT = FeatureRule(0, None, "NSL-KDD byte and count features are never negative", inf="error")
+_NSL_RATE = FeatureRule(0, 1, "NSL-KDD rates are fractions", inf="error")
+
+THREAT_RULES: dict[str, FeatureRule] = {
+    "src_bytes": _NSL_COUNT,
+    "dst_bytes": _NSL_COUNT,
+    "count": _NSL_COUNT,
+    "same_srv_rate": _NSL_RATE,
+    "diff_srv_rate": _NSL_RATE,
+    "dst_host_srv_count": _NSL_COUNT,
+    "dst_host_same_srv_rate": _NSL_RATE,
+    "dst_host_same_src_port_rate": _NSL_RATE,
+}
+
+_NON_NEGATIVE = FeatureRule(0, None, "byte, packet, count, time and flag features are never negative")
+_SIGNED = FeatureRule(None, None, "CICFlowMeter emits negative values here (clock skew or counter overflow)")
+_PORT = FeatureRule(0, 65535, "a TCP/UDP port is a 16-bit number")
+_INIT_WINDOW = FeatureRule(-1, 65535, "the initial TCP window is a 16-bit field; CICFlowMeter writes -1 when unseen")
+
+# Spaced original names; every feature not listed here is non-negative.
+_ATTACK_SPECIAL: dict[str, FeatureRule] = {
+    " Destination Port": _PORT,
+    " Flow Duration": _SIGNED,
+    "Flow Bytes/s": _SIGNED,
+    " Flow Packets/s": _SIGNED,
+    " Flow IAT Mean": _SIGNED,
+    " Flow IAT Min": _SIGNED,
+    " Fwd Header Length": _SIGNED,
+    " Bwd Header Length": _SIGNED,
+    "Init_Win_bytes_forward": _INIT_WINDOW,
+    " Init_Win_bytes_backward": _INIT_WINDOW,
+    " min_seg_size_forward": _SIGNED,
+}
+ATTACK_RULES: dict[str, FeatureRule] = {name: _ATTACK_SPECIAL.get(name, _NON_NEGATIVE) for name in ATTACK_FEATURES}
+
+
+def reject_bool(value: object) -> object:
+    """JSON true/false would silently become 1/0 in a float field: refuse it."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
+    return value
+
+
+def _check_rows(rows: object, limit: int, setting: str, hint: str = "") -> object:
+    if isinstance(rows, list | tuple) and len(rows) > limit:
+        raise RequestTooLarge(f"{len(rows)} rows in one request; the limit is {limit} ({setting}){hint}")
+    return rows
+
+
+def check_row_count(rows: object) -> object:
+    """Refuse a body with more rows than settings.max_rows_per_request before validating any of them."""
+    return _check_rows(rows, get_settings().max_rows_per_request, "NIDS_MAX_ROWS_PER_REQUEST")
+
+
+def check_batched_row_count(rows: object) -> object:
+    """The batched APIs answer within the latency budget only up to settings.max_rows_per_batched_request."""
+    hint = "; split the request, or send bulk scoring to /analyze or /analyze_csv"
+    return _check_rows(rows, get_settings().max_rows_per_batched_request, "NIDS_MAX_ROWS_PER_BATCHED_REQUEST", hint)
