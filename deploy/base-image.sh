@@ -40,7 +40,7 @@ if [ -z "$MIRROR" ]; then
   exit 1
 fi
 ROOTFS="$(mktemp -d /var/tmp/nids-rootfs.XXXXXX)"
-trap 'rm -rf "$ROOTFS"' EXIT
+trap 'rm -rf "$ROOTFS" "$ROOTFS.log"' EXIT
 
 echo "base-image.sh: debootstrap $SUITE from the machine's apt mirror" >&2
 debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
@@ -53,7 +53,9 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
 fi
 chroot "$ROOTFS" update-ca-certificates >/dev/null
 chroot "$ROOTFS" apt-get clean
-rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/var/log/*
+# the image runs with LANG=C.UTF-8: no translations, manuals or package lists (33 MB of locales alone)
+rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/locale/* \
+  "$ROOTFS"/var/log/*
 
 tar -C "$ROOTFS" -c . | docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

@@ -50,7 +50,7 @@ trap 'rm -rf "$context"' EXIT
 # BentoML asks for BuildKit, which needs buildx with some Docker clients; the classic builder needs none
 (cd "$context" && TMPDIR="$context" DOCKER_BUILDKIT=0 \
   "$BENTOML" containerize "$BENTO" --opt network=host "${build_args[@]}" "${image_tag[@]}" >&2)
-tag="${NIDS_IMAGE_TAG:-$("$BENTOML" get "$BENTO" -o json | python3 -c 'import json, sys; b = json.load(sys.stdin); print(f"{b[\"name\"]}:{b[\"version\"]}")')}"
+tag="${NIDS_IMAGE_TAG:-$("$BENTOML" get "$BENTO" -o json | python3 -c 'import json, sys; b = json.load(sys.stdin); print(b["name"] + ":" + b["version"])')}"
 if [ -z "${NIDS_IMAGE_TAG:-}" ]; then
   docker tag "$tag" "${tag%%:*}:latest"  # what deploy/docker-compose.yml runs by default
 fi
