@@ -6,8 +6,9 @@ the last was answered) of:
 2. one replica behind HAProxy (deploy/haproxy/haproxy.cfg): the balancer's own cost;
 3. two replicas behind HAProxy.
 for `detect_threat` with 1 flow and `analyze` with 100 flows. The replicas run with the host's network on
-loopback ports (no port-publishing proxy in the path). Reports requests/s, flows/s, p50/p99, failures, and the
-CPU seconds of the load generator (this process), HAProxy and the replicas over each run. Prints Markdown.
+loopback ports (no port-publishing proxy in the path). Reports requests/s, flows/s, p50/p99, failures, the CPU
+seconds of the load generator (this process), HAProxy and the replicas over each run, and how busy the whole
+machine was (other work on a shared machine shows there). Prints Markdown.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Result:
     seconds: float
     outcomes: list[Outcome]
     cpu: dict[str, float]
+    machine_busy: float  # share of all cores' time not idle, everything on the machine included
 
     def row(self) -> str:
         ok = sorted(outcome.done - outcome.sent for outcome in self.outcomes if outcome.status == 200)
@@ -82,7 +84,7 @@ class Result:
         cpu = " / ".join(f"{self.cpu[part]:.1f}" for part in ("generator", "haproxy", "replicas"))
         return (
             f"| {self.setup} | {self.workload.name} | {rate:,.0f} | {rate * self.workload.flows:,.0f} | {pct(0.5)} | "
-            f"{pct(0.99)} | {failed} | {cpu} |"
+            f"{pct(0.99)} | {failed} | {cpu} | {self.machine_busy:.0%} |"
         )
 
 
@@ -93,12 +95,16 @@ def measure(
     asyncio.run(closed(url, workload.path, workload.body, users, 2))  # warm-up: connections, caches, batching
     before = {part: tree_cpu(ids) for part, ids in parts.items()}
     generator = time.process_time()
+    machine = psutil.cpu_times()
     start = time.monotonic()
     outcomes = asyncio.run(closed(url, workload.path, workload.body, users, seconds))
     elapsed = time.monotonic() - start
     cpu = {part: tree_cpu(ids) - before[part] for part, ids in parts.items()}
     cpu["generator"] = time.process_time() - generator
-    return Result(setup, workload, elapsed, outcomes, cpu)
+    after = psutil.cpu_times()
+    total = sum(after) - sum(machine)
+    idle = (after.idle + after.iowait) - (machine.idle + machine.iowait)
+    return Result(setup, workload, elapsed, outcomes, cpu, 1 - idle / total if total else 0.0)
 
 
 @contextmanager
@@ -144,8 +150,9 @@ def report(results: list[Result], image: str, users: int, seconds: float) -> str
         f"Image `{image}`, {os.cpu_count()} cores, closed loop: {users} clients for {seconds:.0f} s per row "
         "(after 2 s of warm-up), load generator (httpx, asyncio) on the same machine.",
         "",
-        "| setup | request | req/s | flows/s | p50 ms | p99 ms | failed | CPU s: generator / HAProxy / replicas |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setup | request | req/s | flows/s | p50 ms | p99 ms | failed | CPU s: generator / HAProxy / replicas "
+        "| machine busy |",
+        "|---|---|---|---|---|---|---|---|---|",
         *(result.row() for result in results),
     ]
     return "\n".join(lines)
