@@ -1,8 +1,8 @@
-"""Replicas of the image behind HAProxy on loopback ports, and paced or closed-loop HTTP load against them.
+"""Replicas behind HAProxy on loopback ports, and paced or closed-loop HTTP load against them.
 
-Used by the container tests (tests/container) and the balanced benchmark (benchmarks/balanced.py). Containers
-are started with `docker run`; HAProxy runs from Debian's package with deploy/haproxy/haproxy.cfg. Every address
-is on 127.0.0.1.
+Used by the container tests (tests/container) and the balanced benchmark (benchmarks/balanced.py). A replica is
+a container of the image (`docker run`) or, where no Docker engine runs, a `bentoml serve` process of the
+source tree; HAProxy runs from Debian's package with deploy/haproxy/haproxy.cfg. Every address is on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,18 +13,22 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 HAPROXY_CONFIG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
+SERVICE = yaml.safe_load((REPO / "bentofile.yaml").read_text())["service"]
 READY_SECONDS = 90
 
 
@@ -45,13 +49,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@dataclass
-class Container:
+class Replica(ABC):
+    """A served instance on a 127.0.0.1 port: a container of the image, or a `bentoml serve` process."""
+
     name: str
     url: str
     port: int
-    volume: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -59,6 +62,43 @@ class Container:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
+
+    @abstractmethod
+    def running(self) -> bool: ...
+
+    @abstractmethod
+    def logs(self) -> str: ...
+
+    @abstractmethod
+    def stop(self) -> int:
+        """SIGTERM, then the exit code once it has drained and exited."""
+
+    @abstractmethod
+    def remove(self) -> None:
+        """Gone at once (SIGKILL), whatever state it is in."""
+
+    def wait_for(self, path: str = "/readyz", seconds: float = READY_SECONDS) -> None:
+        """Until GET path answers 200 (/livez: the server is up, ready or not)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise StartError(f"{self.name} exited:\n{self.logs()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}{path}", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise StartError(f"{self.name}: no 200 on {path} within {seconds:.0f} s:\n{self.logs()[-3000:]}")
+
+
+@dataclass
+class Container(Replica):
+    name: str
+    url: str
+    port: int
+    volume: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     def logs(self) -> str:
         result = docker("logs", self.name, check=False)
@@ -73,20 +113,6 @@ class Container:
     def pid(self) -> int:
         """The host PID of the container's first process (the server's process tree hangs below it)."""
         return int(docker("inspect", "-f", "{{.State.Pid}}", self.name).stdout)
-
-    def wait_for(self, path: str = "/readyz", seconds: float = READY_SECONDS) -> None:
-        """Until GET path answers 200 (/livez: the server is up, ready or not)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if not self.running():
-                raise StartError(f"container {self.name} exited:\n{self.logs()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}{path}", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise StartError(f"container {self.name}: no 200 on {path} within {seconds:.0f} s:\n{self.logs()[-3000:]}")
 
     def stop(self) -> int:
         """docker stop (SIGTERM, SIGKILL after 30 s); the container's exit code."""
@@ -134,6 +160,62 @@ def start_container(
             container.remove()
             raise
     return container
+
+
+@dataclass
+class ServeProcess(Replica):
+    """`bentoml serve` of the source tree in a session of its own, for machines without a Docker engine."""
+
+    name: str
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.running():
+            os.killpg(self.process.pid, signal.SIGTERM)
+        return self.process.wait(timeout=40)
+
+    def remove(self) -> None:
+        if self.running():
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def start_process(home: Path, workdir: Path, *, wait: str | None = "/readyz", **env: str) -> ServeProcess:
+    """`bentoml serve SERVICE` on a free 127.0.0.1 port with the model store `home`, state in `workdir`."""
+    port = free_port()
+    log = workdir / "server.log"
+    environment = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "NIDS_DATA_DIR": str(workdir / "var"),
+        "NIDS_HEALING_POLICY_FILE": str(REPO / "config" / "healing.yaml"),
+        **env,
+    }
+    bentoml = Path(sys.executable).parent / "bentoml"
+    command = [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=environment, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    replica = ServeProcess(
+        name=f"bentoml serve :{port}", url=f"http://127.0.0.1:{port}", port=port, process=process, log=log
+    )
+    if wait is not None:
+        try:
+            replica.wait_for(wait)
+        except StartError:
+            replica.remove()
+            raise
+    return replica
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Two replicas of the image behind HAProxy (deploy/haproxy/haproxy.cfg) on loopback ports, sharing the
-machine's PostgreSQL audit log, plus a third replica whose threat model fails verification.
+"""Two replicas behind HAProxy (deploy/haproxy/haproxy.cfg) on loopback ports, sharing the machine's PostgreSQL
+audit log, plus a third replica whose threat model fails verification.
 
-The replicas use the host's network: PostgreSQL listens on 127.0.0.1 only.
+The replicas are containers of the image on the host's network (PostgreSQL listens on 127.0.0.1 only) or,
+where no Docker engine can be started, `bentoml serve` processes.
 """
 
 from __future__ import annotations
@@ -21,9 +22,20 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmarks.replicas import Container, Haproxy, Outcome, haproxy, paced
+from benchmarks.replicas import (
+    Container,
+    Haproxy,
+    Outcome,
+    Replica,
+    ServeProcess,
+    StartError,
+    haproxy,
+    paced,
+    start_process,
+)
+from tests.integration.conftest import copy_store
 
-from .conftest import FIXTURES, Image, missing
+from .conftest import FIXTURES, missing
 
 pytestmark = pytest.mark.container
 
@@ -36,8 +48,8 @@ REPLICAS = ("replica1", "replica2")
 @dataclass(frozen=True)
 class Cluster:
     balancer: Haproxy
-    replicas: tuple[Container, Container]
-    unverified: Container
+    replicas: tuple[Replica, Replica]
+    unverified: Replica
 
 
 @pytest.fixture(scope="module")
@@ -56,31 +68,59 @@ def audit_prefix() -> Iterator[str]:
             connection.execute(f"DROP TABLE IF EXISTS {prefix}{table}")
 
 
-def tampered_onnx(home: Path, tag: str, target: Path) -> Path:
-    name, version = tag.split(":")
-    data = bytearray((home / "models" / name / version / "model.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte
-    target.write_bytes(bytes(data))
-    target.chmod(0o644)
-    return target
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
-def cluster(
-    run_container: Callable[..., Container],
-    audit_prefix: str,
-    image: Image,
-    model_store: Any,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
+def start_replica(
+    request: pytest.FixtureRequest, model_store: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Replica]]:
+    """start_replica(tampered=False, **env) -> Replica, listening on a loopback port: a container of the image on
+    the host's network or, where no Docker engine can be started (never in CI), a `bentoml serve` process of the
+    source tree. tampered: the threat model's ONNX file has one flipped byte, so /readyz stays 503."""
+    try:
+        run_container: Callable[..., Container] | None = request.getfixturevalue("run_container")
+    except pytest.skip.Exception:
+        run_container = None
+    name, version = model_store.threat_tag.split(":")
+    processes: list[ServeProcess] = []
+
+    def start(tampered: bool = False, **env: str) -> Replica:
+        wait = "/livez" if tampered else "/readyz"
+        if run_container is not None:
+            mounts: tuple[str, ...] = ()
+            if tampered:
+                onnx = tmp_path_factory.mktemp("tampered") / "model.onnx"
+                shutil.copyfile(model_store.home / "models" / name / version / "model.onnx", onnx)
+                flip_a_byte(onnx)
+                onnx.chmod(0o644)
+                mounts = (f"{onnx}:/home/bentoml/bento/models/{name}/{version}/model.onnx:ro",)
+            return run_container(host_network=True, wait=wait, mounts=mounts, **env)
+        home = copy_store(model_store.home, tmp_path_factory.mktemp("replica-store"))
+        if tampered:
+            flip_a_byte(home / "models" / name / version / "model.onnx")
+        try:
+            replica = start_process(home, tmp_path_factory.mktemp("replica"), wait=wait, **env)
+        except StartError as error:
+            pytest.fail(str(error))
+        processes.append(replica)
+        return replica
+
+    yield start
+    for process in processes:
+        process.remove()
+
+
+@pytest.fixture(scope="module")
+def cluster(start_replica: Callable[..., Replica], audit_prefix: str) -> Iterator[Cluster]:
     if shutil.which("haproxy") is None:
         missing("no haproxy on PATH (Debian package haproxy)")
     shared = {"NIDS_HEALING_AUDIT_URL": PG_URL, "NIDS_HEALING_AUDIT_TABLE_PREFIX": audit_prefix}
-    replicas = (run_container(host_network=True, **shared), run_container(host_network=True, **shared))
-    onnx = tampered_onnx(model_store.home, image.threat_tag, tmp_path_factory.mktemp("tampered") / "model.onnx")
-    name, version = image.threat_tag.split(":")
-    mount = f"{onnx}:/home/bentoml/bento/models/{name}/{version}/model.onnx:ro"
-    unverified = run_container(host_network=True, wait="/livez", mounts=(mount,), **shared)
+    replicas = (start_replica(**shared), start_replica(**shared))
+    unverified = start_replica(tampered=True, **shared)
     with haproxy([replica.address for replica in replicas]) as balancer:
         balancer.add_server("unverified", unverified.address)
         for server in REPLICAS:
@@ -136,7 +176,7 @@ def test_stopping_a_replica_under_load_loses_no_request_once_it_is_taken_out(
     load.start()
     time.sleep(3)
     stopped_at = time.monotonic()
-    exit_code = cluster.replicas[1].stop()  # docker stop: SIGTERM, the replica drains and exits
+    exit_code = cluster.replicas[1].stop()  # SIGTERM: the replica drains and exits
     down_at = cluster.balancer.wait_status("replica2", "DOWN")
     load.join(timeout=60)
     cpu = time.process_time() - cpu
@@ -149,8 +189,9 @@ def test_stopping_a_replica_under_load_loses_no_request_once_it_is_taken_out(
     assert later == {"replica1"}
     report(
         capsys,
-        f"stopped replica2 under {RATE} req/s: {len(outcomes)} requests, {len(before)} failed between the stop and "
-        f"the health check taking it out ({down_at - stopped_at:.2f} s later: "
+        f"stopped replica2 ({type(cluster.replicas[1]).__name__}) under {RATE} req/s: {len(outcomes)} requests, "
+        f"{len(before)} failed between the stop and the health check taking it out "
+        f"({down_at - stopped_at:.2f} s later: "
         f"{dict(Counter(outcome.error or outcome.status for outcome in before))}), {len(after)} after; "
         f"load generator CPU {cpu:.1f} s over 12 s",
     )
