@@ -25,6 +25,12 @@ ENGINE = REPO / "deploy" / "engine.sh"
 FIXTURES = REPO / "tests" / "fixtures"
 
 
+def report(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    """A figure for the CI log, shown even when pytest captures output."""
+    with capsys.disabled():
+        print(f"\n{text}")
+
+
 def missing(reason: str) -> None:
     """Skip for a missing tool, but fail in CI, whose .ci/run installs every tool these tests need."""
     if os.environ.get("CI"):
@@ -82,7 +88,6 @@ def image(docker_engine: None, model_store: Any, tmp_path_factory: pytest.TempPa
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().splitlines()[-1] == tag
     size = int(docker("image", "inspect", "-f", "{{.Size}}", tag).stdout)
-    print(f"\nimage {tag}: {size / 1e6:.0f} MB, built in {seconds:.0f} s\n{result.stderr.splitlines()[-1]}")
     yield Image(tag, model_store.threat_tag, model_store.attack_tag, seconds, size)
     docker("rmi", "-f", tag, check=False)
 

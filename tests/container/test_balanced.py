@@ -35,7 +35,7 @@ from benchmarks.replicas import (
 )
 from tests.integration.conftest import copy_store
 
-from .conftest import FIXTURES, missing
+from .conftest import FIXTURES, missing, report
 
 pytestmark = pytest.mark.container
 
@@ -127,11 +127,6 @@ def cluster(start_replica: Callable[..., Replica], audit_prefix: str) -> Iterato
             balancer.wait_status(server, "UP")
         balancer.wait_status("unverified", "DOWN")
         yield Cluster(balancer, replicas, unverified)
-
-
-def report(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    with capsys.disabled():
-        print(f"\n{text}")
 
 
 def test_requests_spread_over_both_replicas_and_never_reach_the_unverified_one(

@@ -16,7 +16,7 @@ import pytest
 from benchmarks.replicas import Container, docker
 from nids.core.features import ATTACK_CLASSES
 
-from .conftest import FIXTURES, Image, volume_files
+from .conftest import FIXTURES, Image, report, volume_files
 
 pytestmark = pytest.mark.container
 
@@ -38,7 +38,8 @@ def served(run_container: Callable[..., Container]) -> Container:
     return run_container(volume=f"nids-test-state-{uuid.uuid4().hex[:8]}")
 
 
-def test_image_is_lean(image: Image) -> None:
+def test_image_is_lean(image: Image, capsys: pytest.CaptureFixture[str]) -> None:
+    report(capsys, f"image {image.tag}: {image.size_bytes / 1e6:.0f} MB, built in {image.build_seconds:.0f} s")
     assert image.size_bytes <= MAX_IMAGE_BYTES, f"{image.size_bytes / 1e6:.0f} MB"
     listing = docker("run", "--rm", "--entrypoint", "python", image.tag, "-c", DISTRIBUTIONS).stdout
     installed = {name.lower() for name in listing.split()}
