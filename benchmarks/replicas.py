@@ -120,7 +120,7 @@ class Container(Replica):
         return int(docker("inspect", "-f", "{{.State.ExitCode}}", self.name).stdout)
 
     def remove(self) -> None:
-        docker("rm", "-f", self.name, check=False)
+        docker("rm", "-f", "-v", self.name, check=False)  # -v: with its anonymous state volume
 
 
 def start_container(
