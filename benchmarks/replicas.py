@@ -20,7 +20,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -91,6 +91,16 @@ class Replica(ABC):
             time.sleep(0.3)
         raise StartError(f"{self.name}: no 200 on {path} within {seconds:.0f} s:\n{self.logs()[-3000:]}")
 
+    def await_start(self, wait: str | None) -> None:
+        """wait_for(wait) unless None; removed again when it does not come up."""
+        if wait is None:
+            return
+        try:
+            self.wait_for(wait)
+        except StartError:
+            self.remove()
+            raise
+
 
 @dataclass
 class Container(Replica):
@@ -98,7 +108,6 @@ class Container(Replica):
     url: str
     port: int
     volume: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
 
     def logs(self) -> str:
         result = docker("logs", self.name, check=False)
@@ -152,13 +161,8 @@ def start_container(
     for mount in mounts:
         args += ["-v", mount]
     docker(*args, image)
-    container = Container(name=name, url=f"http://127.0.0.1:{port}", port=port, volume=volume, env=env)
-    if wait is not None:
-        try:
-            container.wait_for(wait)
-        except StartError:
-            container.remove()
-            raise
+    container = Container(name=name, url=f"http://127.0.0.1:{port}", port=port, volume=volume)
+    container.await_start(wait)
     return container
 
 
@@ -209,12 +213,7 @@ def start_process(home: Path, workdir: Path, *, wait: str | None = "/readyz", **
     replica = ServeProcess(
         name=f"bentoml serve :{port}", url=f"http://127.0.0.1:{port}", port=port, process=process, log=log
     )
-    if wait is not None:
-        try:
-            replica.wait_for(wait)
-        except StartError:
-            replica.remove()
-            raise
+    replica.await_start(wait)
     return replica
 
 
@@ -225,7 +224,6 @@ class ServerStat:
     name: str
     status: str  # UP, DOWN, MAINT, ...
     selected: int  # lbtot: times the balancer picked it (retries included)
-    responses_2xx: int
 
 
 class Haproxy:
@@ -277,7 +275,7 @@ class Haproxy:
     def stats(self) -> dict[str, ServerStat]:
         rows = csv.DictReader(self.command("show stat").lstrip("# ").splitlines())
         return {
-            row["svname"]: ServerStat(row["svname"], row["status"], int(row["lbtot"] or 0), int(row["hrsp_2xx"] or 0))
+            row["svname"]: ServerStat(row["svname"], row["status"], int(row["lbtot"] or 0))
             for row in rows
             if row["pxname"] == "replicas" and row["svname"] not in ("FRONTEND", "BACKEND")
         }
