@@ -103,11 +103,11 @@ def gate_metric(model_type: str, metadata: Mapping[str, Any]) -> GateMetric:
         return GateMetric(name=name, value=None)
 
 
-def parse_model_type(model_type: str, field: str = "model_type") -> str:
+def parse_model_type(model_type: str, loc: tuple[str, ...] = ("query", "model_type")) -> str:
     if model_type not in ROLES:
         raise InvalidInput(
-            f"{field} must be one of {sorted(ROLES)}",
-            detail=[{"loc": [field], "msg": f"Input should be one of {sorted(ROLES)}", "type": "enum"}],
+            f"{loc[-1]} must be one of {sorted(ROLES)}",
+            detail=[{"loc": list(loc), "msg": f"Input should be one of {sorted(ROLES)}", "type": "enum"}],
         )
     return model_type
 
@@ -120,7 +120,7 @@ def store_model(model_id: str) -> bentoml.Model:
             f"model id {model_id!r} must be a store tag name:version",
             detail=[{"loc": ["path", "model_id"], "msg": "Input should be name:version", "type": "model_id"}],
         )
-    parse_model_type(name, "model_id")
+    parse_model_type(name, ("path", "model_id"))
     try:
         return bentoml.models.get(model_id)
     except bentoml.exceptions.NotFound:
@@ -326,7 +326,7 @@ class Lifecycle:
 
     def profile(self, model_type: str) -> dict[str, Any]:
         """The active version of a type, its rollback history, this process's status and the recent events."""
-        model_type = parse_model_type(model_type)
+        model_type = parse_model_type(model_type, ("path", "model_type"))
         versions = self.list_versions(model_type)
         state = self.store.active().get(model_type)
         return {
