@@ -33,7 +33,7 @@ from fastapi import Depends, Header
 from nids.core.errors import NIDSError
 from nids.core.settings import Settings, get_settings
 from nids.serving.asgi import ASGIApp, Receive, Scope, Send
-from nids.serving.middleware import send_json
+from nids.serving.errors import error_response
 
 # the BentoML APIs that need a scope (the mounted FastAPI routes declare theirs as dependencies)
 ADMIN_PATHS = frozenset({"/healing_revert", "/healing_enforcement"})
@@ -201,7 +201,7 @@ class AccessGuard:
             else:
                 caller = optional(book, Role.SENSOR, token)
         except NIDSError as error:
-            await _send_error(send, error)
+            await error_response(error)(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, receive, send)
@@ -213,11 +213,6 @@ def caller_of(ctx: bentoml.Context | None) -> Caller | None:
         return None
     state: dict[str, Any] = ctx.request.scope.get("state", {})
     return state.get("caller")
-
-
-async def _send_error(send: Send, error: NIDSError) -> None:
-    extra = [(b"www-authenticate", b"Bearer")] if error.status_code == HTTPStatus.UNAUTHORIZED else []
-    await send_json(send, int(error.status_code), error.body(), extra)
 
 
 if __name__ == "__main__":  # python -m nids.serving.auth < token: the sha256 line of NIDS_TOKENS_FILE

@@ -11,6 +11,7 @@ Like nids.serving.bentoml_fixes, the patch applies to the pinned version only.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 import bentoml
 from _bentoml_impl.server.app import ServiceAppFactory
@@ -34,7 +35,8 @@ def as_nids_error(error: ValidationError) -> InvalidInput:
 
 
 def error_response(error: NIDSError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=int(error.status_code))
+    headers = {"WWW-Authenticate": "Bearer"} if error.status_code == HTTPStatus.UNAUTHORIZED else None
+    return JSONResponse(error.body(), status_code=int(error.status_code), headers=headers)
 
 
 async def _endpoint(self: ServiceAppFactory, name: str, request: Request) -> Response:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from nids.core.errors import RequestTooLarge
@@ -101,10 +100,8 @@ def _unwrapped(body: bytes) -> bytes:
     return body
 
 
-async def send_json(
-    send: Send, status: int, payload: dict[str, Any], extra_headers: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
+async def send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
     body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra_headers]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
