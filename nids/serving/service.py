@@ -41,7 +41,7 @@ from nids.models.lifecycle import Lifecycle
 from nids.models.registry import REGISTRY
 from nids.models.state import open_lifecycle_store
 from nids.serving import bentoml_fixes, errors
-from nids.serving.auth import AccessGuard, caller_of
+from nids.serving.auth import AccessGuard, caller_of, token_book
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import RequestGuard
 from nids.serving.routes import models as model_routes
@@ -79,6 +79,7 @@ class NIDSService:
     def __init__(self) -> None:
         settings = get_settings()
         logging.getLogger("nids").setLevel(settings.log_level)  # BentoML leaves other loggers at WARNING
+        token_book()  # a bad NIDS_TOKENS_FILE stops startup, naming the problem
         self.models = REGISTRY
         self.metrics = service_metrics()
         # model lifecycle: serve the versions recorded as active (shared by workers and replicas), follow switches
