@@ -24,19 +24,20 @@ Statement = tuple[str, Mapping[str, Any]]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def table_prefix(prefix: str) -> str:
-    """`prefix` if it is safe inside SQL (letters, digits, underscores); ValueError if not."""
-    if not _IDENTIFIER.fullmatch(prefix):
-        raise ValueError(f"table prefix {prefix!r} must be letters, digits and underscores")
-    return prefix
-
-
 class Database(ABC):
     unique_violation: type[Exception]  # the driver's error for a broken unique index
     driver_error: type[Exception]  # base of every error the driver raises
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+
+    def tables(self, prefix: str, owner: str, *names: str) -> tuple[str, ...]:
+        """`prefix + name` for each name; ValueError (and the connection closed) unless the prefix is letters,
+        digits and underscores, so that it is safe inside SQL."""
+        if not _IDENTIFIER.fullmatch(prefix):
+            self.close()
+            raise ValueError(f"{owner} table prefix {prefix!r} must be letters, digits and underscores")
+        return tuple(f"{prefix}{name}" for name in names)
 
     @abstractmethod
     def execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:

@@ -17,7 +17,6 @@ from typing import Any
 from pydantic import AnyUrl
 
 from nids.core.database import Database, PostgresDatabase, SqliteDatabase, Statement, open_database
-from nids.core.database import table_prefix as prefix_checked
 from nids.core.errors import Unavailable
 from nids.healing.schemas import ActionQuery, ActionRecord
 
@@ -61,15 +60,9 @@ class AuditStore:
     """The audit log: insert decisions, update their outcome, list/show them, find live blocks, keep flags."""
 
     def __init__(self, table_prefix: str, db: Database) -> None:
-        try:
-            table_prefix = prefix_checked(table_prefix)
-        except ValueError as error:
-            db.close()
-            raise ValueError(f"audit {error}") from None
+        self.actions, self.state = db.tables(table_prefix, "audit", "actions", "state")
         self.db = db
         self.unique_violation = db.unique_violation
-        self.actions = f"{table_prefix}actions"
-        self.state = f"{table_prefix}state"
         self.create_schema()
 
     def close(self) -> None:

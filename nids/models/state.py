@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import AnyUrl, BaseModel, Field
 
-from nids.core.database import Database, Statement, open_database, table_prefix
+from nids.core.database import Database, Statement, open_database
 from nids.core.errors import Unavailable
 
 HISTORY_LIMIT = 50
@@ -73,15 +73,9 @@ _NOTE_COLUMNS = "tag, description, uploaded_by, retired, check_status, checked_a
 
 class LifecycleStore:
     def __init__(self, db: Database, prefix: str = "lifecycle_") -> None:
-        try:
-            prefix = table_prefix(prefix)
-        except ValueError as error:
-            db.close()
-            raise ValueError(f"lifecycle {error}") from None
+        tables = db.tables(prefix, "lifecycle", "active", "versions", "events")
+        self.active_table, self.versions_table, self.events_table = tables
         self.db = db
-        self.active_table = f"{prefix}active"
-        self.versions_table = f"{prefix}versions"
-        self.events_table = f"{prefix}events"
         self._run(
             [
                 (

@@ -47,12 +47,6 @@ def server(model_store: Any, serve: Callable[..., Server]) -> Server:
     return server
 
 
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
-
-
 def post(http: httpx.Client, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
     # json.dumps writes NaN / Infinity tokens, as Python and JavaScript clients do
     return http.post(path, content=json.dumps(body), headers={"content-type": "application/json", **(headers or {})})

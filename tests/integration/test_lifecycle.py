@@ -12,7 +12,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,12 +117,6 @@ def server(
     server = serve(versions.home, **env)
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     return server
-
-
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
 
 
 def store_listing(home: Path) -> set[str]:

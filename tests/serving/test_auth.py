@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
 from nids.core.settings import Settings
-from nids.serving.auth import Caller, Forbidden, Role, TokenBook, Unauthenticated, bearer, digest, optional, require
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*__get_pydantic_core_schema__:DeprecationWarning")  # BentoML's
+with warnings.catch_warnings():  # importing BentoML warns about its own pydantic use
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from nids.serving.auth import Caller, Forbidden, Role, TokenBook, Unauthenticated, bearer, digest, optional, require
 
 
 def book(**settings: str) -> TokenBook:
