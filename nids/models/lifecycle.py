@@ -188,11 +188,16 @@ class Lifecycle:
         self._thread.start()
 
     def _loop(self, interval: float) -> None:
+        failure = ""
         while not self._stop.wait(interval):
             try:
                 self.sync()
-            except Exception:  # the thread must outlive a database outage; the next poll retries
-                logger.exception("model sync failed")
+            except Exception as exc:  # the thread must outlive a database outage; the next poll retries
+                if str(exc) != failure:  # once per distinct failure, not once a second
+                    logger.exception("model sync failed; serving the verified versions meanwhile")
+                failure = str(exc)
+            else:
+                failure = ""
 
     def stop(self) -> None:
         self._stop.set()
