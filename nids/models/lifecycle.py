@@ -129,6 +129,14 @@ def store_model(model_id: str) -> bentoml.Model:
         raise InvalidInput(f"model id {model_id!r} is not a valid tag: {exc}") from exc
 
 
+def _store_versions(name: str) -> list[bentoml.Model]:
+    """Every version of `name` in the store ([] when there is none)."""
+    try:
+        return bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:
+        return []
+
+
 def _size(path: Path) -> int | None:
     return path.stat().st_size if path.is_file() else None
 
@@ -278,7 +286,7 @@ class Lifecycle:
         """Every version of the served model types in the store, newest first."""
         types = [parse_model_type(model_type)] if model_type is not None else list(ROLES)
         active, notes = self.store.active(), self.store.notes()
-        models = [model for name in types for model in bentoml.models.list(name)]
+        models = [model for name in types for model in _store_versions(name)]
         models.sort(key=lambda m: m.creation_time, reverse=True)
         return [self._entry(model, active, notes) for model in models]
 

@@ -18,6 +18,7 @@ from _bentoml_impl.server.app import ServiceAppFactory
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -78,5 +79,10 @@ def install_fastapi(app: FastAPI) -> None:
         detail = [{key: item[key] for key in ("loc", "msg", "type") if key in item} for item in error.errors()]
         return await nids_error(request, InvalidInput(f"{len(detail)} invalid field(s) in the request", detail=detail))
 
+    async def http_error(request: Request, error: Exception) -> Response:  # unknown path, method not allowed
+        assert isinstance(error, StarletteHTTPException)
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
     app.add_exception_handler(NIDSError, nids_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)

@@ -58,3 +58,16 @@ def test_reads_need_no_token(client: TestClient, model_store) -> None:
     listed = client.get("/")
     assert listed.status_code == 200
     assert {e["id"] for e in listed.json() if e["is_active"]} == {model_store.threat_tag, model_store.attack_tag}
+
+
+def test_a_name_without_versions_lists_empty(model_store) -> None:
+    from nids.models.lifecycle import _store_versions
+
+    assert _store_versions("never_stored_model") == []
+    assert [str(m.tag) for m in _store_versions("threat_detector")] == [model_store.threat_tag]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/a/b/c/d", 404), ("PUT", "/", 405)])
+def test_unknown_paths_and_methods_answer_in_the_error_shape(client: TestClient, method: str, path: str, status: int):
+    response = client.request(method, path)
+    assert response.status_code == status and set(response.json()) == {"error"}
