@@ -35,6 +35,7 @@ ENFORCEMENT_FLAG = "enforcement"
 REVERTIBLE = frozenset({ActionStatus.DRY_RUN, ActionStatus.QUEUED, ActionStatus.EXECUTED, ActionStatus.REVERT_FAILED})
 STALE_RUNNING_SECONDS = 600.0  # far beyond any executor's timeouts
 NOT_AUTHORISED = "caller not authorised to enforce"
+IN_PROCESS = "in-process"  # the caller of `handle` without a token: the stream worker, a script, the tests
 
 
 class ActionNotFound(NotFound):
@@ -159,27 +160,28 @@ class HealingEngine:
         logger.warning("self-healing enforcement %s", "resumed" if enabled else "STOPPED")
 
     # --- deciding ---------------------------------------------------------------------------------------
-    def handle(self, events: Sequence[AttackEvent], *, authorised: bool = True) -> list[HealingAction]:
+    def handle(self, events: Sequence[AttackEvent], *, caller: str | None = IN_PROCESS) -> list[HealingAction]:
         """Decide and audit every event, queue what is enforced; never waits for an executor.
 
-        `authorised=False` (a caller without a sensor token): what would be enforced is recorded as dry_run with
-        the reason NOT_AUTHORISED.
+        `caller` is the label of the token that sent the events, recorded as `authorised_by` in the parameters of
+        every enforced action; None (a caller without a sensor token): what would be enforced is recorded as
+        dry_run with the reason NOT_AUTHORISED.
         """
         enforcing = self.enforcement_enabled
         with self._lock:
             try:
-                records = self._decide_all(events, enforcing, authorised)
+                records = self._decide_all(events, enforcing, caller)
             except BlockConflict:  # another process blocked one of the addresses meanwhile: extend its block
-                records = self._decide_all(events, enforcing, authorised)
+                records = self._decide_all(events, enforcing, caller)
         for record in records:
             if record.status == ActionStatus.QUEUED:
                 self._enqueue(record)
         return [record.to_action() for record in records]
 
-    def _decide_all(self, events: Sequence[AttackEvent], enforcing: bool, authorised: bool) -> list[ActionRecord]:
+    def _decide_all(self, events: Sequence[AttackEvent], enforcing: bool, caller: str | None) -> list[ActionRecord]:
         now = self.clock()
         blocks: dict[tuple[str, str], ActionRecord] = {}  # blocks decided in this batch, by (address, mode)
-        records = [self._decide(event, now, enforcing, blocks, authorised) for event in events]
+        records = [self._decide(event, now, enforcing, blocks, caller) for event in events]
         self.store.insert(records)
         decided = {record.action_id for record in records}
         for record in records:
@@ -210,7 +212,7 @@ class HealingEngine:
         now: float,
         enforcing: bool,
         blocks: dict[tuple[str, str], ActionRecord],
-        authorised: bool = True,
+        caller: str | None = IN_PROCESS,
     ) -> ActionRecord:
         """The audit record of one decision (a block extension when the address is already blocked)."""
         attack = str(event.attack_type)
@@ -219,7 +221,7 @@ class HealingEngine:
         service = (event.target_service or rule.params.service) if isinstance(rule, RestartRule) else None
         reason = self._degrade_reason(event, rule, service) if action in DISRUPTIVE else None
         block_seconds = (rule.params.block_seconds or self.policy.block.seconds) if isinstance(rule, BlockRule) else 0
-        mode: Mode = "enforce" if enforcing and authorised and action in self.policy.enforce else "dry_run"
+        mode: Mode = "enforce" if enforcing and caller and action in self.policy.enforce else "dry_run"
         if reason is None and action == "block_ip":
             key = (str(event.src_ip), mode)
             live = blocks.get(key) or self.store.live_block(*key)
@@ -231,13 +233,15 @@ class HealingEngine:
         if reason is not None:
             action = "alert_admin"
         mode = "enforce" if enforcing and action in self.policy.enforce else "dry_run"
-        unauthorised = mode == "enforce" and not authorised
+        unauthorised = mode == "enforce" and caller is None
         if unauthorised:
             mode = "dry_run"
         status = ActionStatus.DRY_RUN if mode == "dry_run" else ActionStatus.QUEUED
         if action in ("alert_admin", "log_only") and not self.limiter.allow(action):
             status = ActionStatus.RATE_LIMITED
         params = self._params(action, event, rule, service, block_seconds, reason)
+        if mode == "enforce":
+            params["authorised_by"] = caller
         record = self._record(
             event,
             rule,

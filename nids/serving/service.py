@@ -41,7 +41,7 @@ from nids.models.lifecycle import Lifecycle
 from nids.models.registry import REGISTRY
 from nids.models.state import open_lifecycle_store
 from nids.serving import bentoml_fixes, errors
-from nids.serving.auth import AccessGuard, caller_of, token_book
+from nids.serving.auth import AccessGuard, Caller, caller_of, token_book
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import RequestGuard
 from nids.serving.routes import models as model_routes
@@ -112,12 +112,12 @@ class NIDSService:
         self.lifecycle.stop()
         self.healing.close()
 
-    def healer(self, authorised: bool) -> pipeline.Healer:
-        """The engine's `handle`; for a caller without a sensor token, one that never enforces."""
-        return self.healing.handle if authorised else partial(self.healing.handle, authorised=False)
+    def healer(self, caller: Caller | None) -> pipeline.Healer:
+        """The engine's `handle` for this caller: its label authorises enforcement; without a token, nothing is."""
+        return partial(self.healing.handle, caller=caller.label if caller is not None else None)
 
     def _healer_of(self, ctx: Context | None) -> pipeline.Healer:
-        return self.healer(caller_of(ctx) is not None)
+        return self.healer(caller_of(ctx))
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_LATENCY_MS)
     def detect_threat(self, flows: ThreatFlows) -> Annotated[list[ThreatPrediction], JSON]:

@@ -414,6 +414,7 @@ def test_a_caller_without_a_sensor_token_never_enforces(http: httpx.Client) -> N
     assert (anonymous["mode"], anonymous["reason"]) == ("dry_run", "caller not authorised to enforce")
     (sensor,) = http.post("/self_heal", json=events, headers=SENSOR).json()
     assert sensor["mode"] == "enforce" and sensor["reason"] is None
+    assert sensor["action_params"]["authorised_by"] == "sensor"  # the token's label, never its value
     assert http.post("/self_heal", json=events, headers={"authorization": "Bearer nope"}).status_code == 403
     analyzed = http.post("/analyze", json={"flows": []}, headers={"authorization": "Bearer nope"})
     assert analyzed.status_code == 403

@@ -54,7 +54,7 @@ def upload_csv(
         flows, ignored = pipeline.read_csv(
             path, max_rows=settings.max_rows_per_request, max_bytes=settings.max_csv_bytes
         )
-    heal = state.healer(authorised=caller is not None)
+    heal = state.healer(caller)
     response = pipeline.analyze(state.registry.active(), heal, flows, state.metrics)
     predictions = [
         CsvPrediction(
