@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train train-if-empty serve test lint check build clean
+.PHONY: install train train-if-empty serve test lint check build clean models
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,7 @@ build: train-if-empty
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# --- model lifecycle without a server (docs/models.md): make models ARGS="list", ARGS="activate <tag>", ...
+models: $(STAMP)
+	$(BIN)/python -m nids.models.cli $(ARGS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -182,6 +183,12 @@ class Prober:
         return (max(stale) - since) if stale else 0.0
 
 
+def workers_that_answered(server: Server, path: str) -> set[str]:
+    """Worker numbers in BentoML's access log lines of `path` (`[entry_service:nids:<n>] ... path=<path>,`)."""
+    pattern = re.compile(rf"\[entry_service:nids:(\d+)\].*path={re.escape(path)},")
+    return {match.group(1) for match in map(pattern.search, server.log.read_text().splitlines()) if match}
+
+
 def switch_and_measure(prober: Prober, do: Callable[[], httpx.Response], version: str) -> tuple[httpx.Response, float]:
     time.sleep(1.0)  # calls before the switch
     since = time.monotonic()
@@ -269,6 +276,7 @@ def test_activation_switches_both_workers_without_a_failed_request(
         assert took_back < SWITCH_SECONDS
     assert len(prober.calls) > 20
     assert [c for c in prober.calls if c[1] != 200] == []  # no failed request during either switch
+    assert workers_that_answered(server, "/detect_threat") == {"1", "2"}  # the prober reached both workers
     assert f'tag="{versions.threat_new}"}} 1.0' in metrics and f'tag="{versions.threat}"}} 0.0' in metrics
     events = http.get(f"{MODELS}/events/audit", params={"model_type": THREAT_MODEL_NAME}).json()
     rolled, activated = events[0], events[1]
