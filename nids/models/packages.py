@@ -316,10 +316,9 @@ def import_package(package: Path, key: bytes | None, max_bytes: int, expected_na
         if expected_name is not None and model.tag.name != expected_name:
             raise PackageRefused(f"the package holds a {model.tag.name} model, but model_type is {expected_name}")
         try:
-            bentoml.models.get(tag)
-        except bentoml.exceptions.NotFound:
-            pass
-        else:
-            raise Conflict(f"model {tag} is already in the store")
-        model.save()
+            model.save()  # the store refuses a tag it holds, even one a concurrent upload just added
+        except bentoml.exceptions.BentoMLException as exc:
+            if any(str(stored.tag) == tag for stored in bentoml.models.list(model.tag.name)):
+                raise Conflict(f"model {tag} is already in the store") from exc
+            raise PackageRefused(f"the store refused {tag}: {exc}") from exc
         return tag
