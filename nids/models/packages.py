@@ -41,6 +41,7 @@ FORMAT = "nids-model-package/1"
 ALGORITHM = "hmac-sha256"
 MODEL_YAML = "model.yaml"
 MAX_SIGNATURE_BYTES = 1024 * 1024
+MAX_MEMBERS = 1000  # a model package holds a handful of files
 CHUNK = 1024 * 1024
 HOW_TO_CONFIGURE = (
     "set NIDS_MODEL_SIGNING_KEY (a long random secret, e.g. `openssl rand -hex 32`) on the service and on the "
@@ -200,6 +201,8 @@ def _unpack(package: Path, target: Path, max_bytes: int, *, signature_required: 
             if name in seen:
                 raise PackageRefused(f"package member {name!r} appears twice")
             seen.add(name)
+            if len(seen) > MAX_MEMBERS:
+                raise PackageRefused(f"the package has more than {MAX_MEMBERS} members")
             if member.isdir():
                 continue
             unpacked += member.size
