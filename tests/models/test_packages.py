@@ -158,6 +158,8 @@ def _extra(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = ""):
         (_extra("./hard", tarfile.LNKTYPE, "./model.yaml"), "is a link"),
         (_extra("./dev", tarfile.CHRTYPE), "device"),
         (_extra("./extra.txt"), "extra.txt is not in the manifest"),
+        (_extra("./model.yaml"), "'model.yaml' appears twice"),
+        (_extra("./fifo", tarfile.FIFOTYPE), "device or FIFO"),
     ],
 )
 def test_unsafe_packages_are_refused_and_the_store_is_unchanged(package, tmp_path: Path, edit, reason) -> None:
