@@ -7,6 +7,7 @@ test module sees them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
-from nids.models.artifacts import ESTIMATOR_FILE, get_store_model
+from nids.models.artifacts import ESTIMATOR_FILE, get_store_model, load_reference_cases
 from nids.models.packages import verify_package, write_package
 from nids.models.state import open_lifecycle_store
 from tests.conftest import clone_model_version
@@ -52,6 +53,8 @@ class Versions:
     threat_new: str  # same estimator, same metrics: passes the gate
     threat_worse: str  # stored KDDTest+ F1 0.3 lower
     threat_tampered: str  # estimator file altered after saving
+    threat_flipped: str  # a reference case expecting the other class
+    threat_contract: str  # the attack classifier saved as a threat_detector version
     package: Path  # signed package of a version that is in no store
     package_tag: str
 
@@ -72,16 +75,22 @@ def make_versions(model_store: Any, home: Path, package_dir: Path) -> Versions:
     data = bytearray(estimator.read_bytes())
     data[-1] ^= 1
     estimator.write_bytes(bytes(data))
+    cases = load_reference_cases(get_store_model(model_store.threat_tag))
+    flip = dataclasses.replace(cases[0], expected_class=1 - cases[0].expected_class, description="flipped")
+    flipped = clone_model_version(model_store.threat_tag, THREAT_MODEL_NAME, reference_cases=[flip, *cases[1:]])
+    contract = clone_model_version(model_store.attack_tag, THREAT_MODEL_NAME)
     uploaded = clone_model_version(model_store.attack_tag, ATTACK_MODEL_NAME)
     package = package_dir / "attack.bentomodel"
     with package.open("wb") as out:
         write_package(bentoml.models.get(uploaded), out, SIGNING_KEY.encode())
     bentoml.models.delete(uploaded)
     copy_store(model_store.home, home)
-    for tag in (new, worse, tampered):
+    for tag in (new, worse, tampered, flipped, contract):
         bentoml.models.delete(tag)
     assert session_tags() == before
-    return Versions(home, model_store.threat_tag, model_store.attack_tag, new, worse, tampered, package, uploaded)
+    return Versions(
+        home, model_store.threat_tag, model_store.attack_tag, new, worse, tampered, flipped, contract, package, uploaded
+    )
 
 
 def server_env(versions: Versions, workdir: Path, **extra: str) -> dict[str, str]:
@@ -314,13 +323,29 @@ def test_the_gate_refuses_a_worse_model_and_force_needs_a_reason(http: httpx.Cli
     assert http.post(f"{MODELS}/{versions.threat_worse}/deactivate", headers=ADMIN).status_code == 200
 
 
-def test_a_version_failing_its_checks_is_refused_and_nothing_changes(http: httpx.Client, versions: Versions) -> None:
-    refused = http.post(f"{MODELS}/{versions.threat_tampered}/activate", headers=ADMIN)
-    assert refused.status_code == 422 and "estimator.joblib does not match its recorded sha256" in refused.text
+@pytest.mark.parametrize(
+    ("which", "check"),
+    [
+        ("threat_tampered", "estimator.joblib does not match its recorded sha256"),
+        ("threat_flipped", "reference cases failed (first: 'flipped')"),
+        ("threat_contract", "cannot serve as the threat model: its features or classes differ"),
+    ],
+)
+def test_a_version_failing_a_check_is_refused_naming_it(
+    http: httpx.Client, server: Server, versions: Versions, which: str, check: str
+) -> None:
+    tag = getattr(versions, which)
+    refused = http.post(
+        f"{MODELS}/{tag}/activate", params={"force": "true", "reason": "forced: checks still run"}, headers=ADMIN
+    )
+    assert refused.status_code == 422 and check in refused.json()["error"], refused.text
     assert http.get(f"{MODELS}/{versions.threat}").json()["is_active"]
-    status = http.get(f"{MODELS}/{versions.threat_tampered}").json()["reference_cases"]["status"]
-    assert status.startswith("failed: ")
-    assert http.post(f"{MODELS}/{versions.threat}/activate", headers=ADMIN).status_code == 409  # already active
+    assert served_version(server.url) == (200, versions.threat)
+    assert http.get(f"{MODELS}/{tag}").json()["reference_cases"]["status"].startswith("failed: ")
+
+
+def test_activating_the_active_version_is_a_conflict(http: httpx.Client, versions: Versions) -> None:
+    assert http.post(f"{MODELS}/{versions.threat}/activate", headers=ADMIN).status_code == 409
 
 
 def test_upload_verifies_the_signature_and_refuses_unsafe_packages(
