@@ -182,10 +182,11 @@ class Lifecycle:
         self.sync()
         if self.registry.ready:
             return
-        try:  # the recorded versions cannot be served here: a verified configured pair beats serving nothing
-            previous = self.registry.current
+        # The recorded versions cannot be served here: a verified configured pair beats serving nothing (the next
+        # polls swap in whichever recorded version does load, and keep reporting the others).
+        try:
             models = self.registry.load(configured[THREAT_MODEL_NAME], configured[ATTACK_MODEL_NAME], self.loader)
-            self._switched(models, previous)
+            self._switched(models, None)
         except Exception:
             logger.exception("serving no models: %s", self.registry.reason)
         self._publish_mismatch()
