@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train train-if-empty serve test lint check build container test-container clean
+.PHONY: install train train-if-empty serve test lint check build container test-container models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,7 @@ test-container: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# --- model lifecycle without a server (docs/models.md): make models ARGS="list", ARGS="activate <tag>", ...
+models: $(STAMP)
+	$(BIN)/python -m nids.models.cli $(ARGS)
