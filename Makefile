@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train train-if-empty serve stream test lint check build clean
+.PHONY: install train train-if-empty serve stream test lint check build container test-container models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,17 @@ check: $(STAMP)
 build: train-if-empty
 	$(BIN)/bentoml build
 
+# the image of the latest Bento (deploy/container.sh: registry base, or a local Debian base where none answers)
+container: build
+	BENTOML=$(BIN)/bentoml deploy/container.sh
+
+# build, run and load-balance the image for real (a Docker engine, started as root when none answers)
+test-container: $(STAMP)
+	$(BIN)/python -m pytest -m container tests/container
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# --- model lifecycle without a server (docs/models.md): make models ARGS="list", ARGS="activate <tag>", ...
+models: $(STAMP)
+	$(BIN)/python -m nids.models.cli $(ARGS)

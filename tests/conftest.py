@@ -67,27 +67,38 @@ def model_store() -> TrainedModels:
     return TrainedModels(home=_STORE, threat_tag=threat.model.tag, attack_tag=attack.model.tag)
 
 
-@pytest.fixture
-def clone_model(model_store: TrainedModels):
-    """Factory: re-save a trained model under a new name (optionally with other reference cases), so a test may
-    tamper with the copy without touching the session's models. Returns the copy's tag."""
+_AUTO_METADATA = {"files", "library_versions", "git_commit", "created_at", "reference_case_count", "inference_forms"}
+
+
+def clone_model_version(
+    tag: str,
+    name: str,
+    *,
+    reference_cases=None,
+    drop_metadata: tuple[str, ...] = (),
+    metadata: dict | None = None,
+) -> str:
+    """Re-save a stored model under `name` (a new version; optionally other reference cases or metadata, e.g.
+    edited metrics) into the current store. Returns the copy's tag."""
     import joblib
 
     from nids.models.artifacts import ESTIMATOR_FILE, ONNX_FILE, get_store_model, load_reference_cases, save_model
 
-    auto = {"files", "library_versions", "git_commit", "created_at", "reference_case_count", "inference_forms"}
+    source = get_store_model(tag)
+    onnx = Path(source.path_of(ONNX_FILE))
+    kept = {k: v for k, v in source.info.metadata.items() if k not in _AUTO_METADATA and k not in drop_metadata}
+    model = save_model(
+        name,
+        estimator=joblib.load(source.path_of(ESTIMATOR_FILE)),
+        metadata={**kept, **(metadata or {})},
+        reference_cases=load_reference_cases(source) if reference_cases is None else reference_cases,
+        onnx_model=onnx.read_bytes() if onnx.is_file() else None,
+    )
+    return str(model.tag)
 
-    def clone(tag: str, name: str, *, reference_cases=None, drop_metadata: tuple[str, ...] = ()) -> str:
-        source = get_store_model(tag)
-        onnx = Path(source.path_of(ONNX_FILE))
-        metadata = {k: v for k, v in source.info.metadata.items() if k not in auto and k not in drop_metadata}
-        model = save_model(
-            name,
-            estimator=joblib.load(source.path_of(ESTIMATOR_FILE)),
-            metadata=metadata,
-            reference_cases=load_reference_cases(source) if reference_cases is None else reference_cases,
-            onnx_model=onnx.read_bytes() if onnx.is_file() else None,
-        )
-        return str(model.tag)
 
-    return clone
+@pytest.fixture
+def clone_model(model_store: TrainedModels):
+    """Factory: re-save a trained model under a new name (optionally with other reference cases), so a test may
+    tamper with the copy without touching the session's models. Returns the copy's tag."""
+    return clone_model_version

@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyUrl, Field, UrlConstraints, field_validator
+from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
@@ -60,6 +60,31 @@ class Settings(BaseSettings):
         default_factory=list, description="the service's own addresses (never blocked); the host name's are added"
     )
 
+    # --- model lifecycle (docs/models.md) --------------------------------------------------------------
+    model_state_url: DatabaseUrl | None = Field(
+        None,
+        description="active versions, history and lifecycle audit: sqlite:///path or postgresql://...; default: "
+        "NIDS_HEALING_AUDIT_URL when set, else the SQLite file model-lifecycle.sqlite3 in data_dir",
+    )
+    model_state_table_prefix: str = Field("lifecycle_", description="prefix of the lifecycle tables")
+    model_sync_seconds: float = Field(1.0, gt=0, le=60, description="how often a worker polls the active versions")
+    model_gate_margin: float = Field(
+        0.01, ge=0, le=1, description="a candidate may score at most this much below the active version's metric"
+    )
+    model_signing_key: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key of model packages; uploads and imports are refused without one"
+    )
+    model_max_package_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="model packages above this (compressed or unpacked) are refused with 413"
+    )
+
+    # --- access control (docs/api.md, "Access control") -----------------------------------------------
+    admin_token: SecretStr | None = Field(None, description="bearer token of scope admin (label 'admin')")
+    sensor_token: SecretStr | None = Field(None, description="bearer token of scope sensor (label 'sensor')")
+    tokens_file: Path | None = Field(
+        None, description="YAML list of {label, scope: admin|sensor, sha256} for more tokens, hashed at rest"
+    )
+
     @field_validator("threat_model_tag", "attack_model_tag")
     @classmethod
     def _tag_has_name(cls, tag: str) -> str:
@@ -73,6 +98,12 @@ class Settings(BaseSettings):
         """The audit log's database: the configured URL, or the SQLite file in data_dir."""
         default = AnyUrl(f"sqlite:///{self.data_dir / 'healing-audit.sqlite3'}")
         return self.healing_audit_url or default
+
+    @property
+    def state_url(self) -> AnyUrl:
+        """The lifecycle state's database: the configured URL, the audit log's, or a SQLite file in data_dir."""
+        default = AnyUrl(f"sqlite:///{self.data_dir / 'model-lifecycle.sqlite3'}")
+        return self.model_state_url or self.healing_audit_url or default
 
 
 @cache

@@ -34,6 +34,8 @@ DISRUPTIVE: frozenset[str] = frozenset({"block_ip", "restart_service"})
 ENFORCEMENT_FLAG = "enforcement"
 REVERTIBLE = frozenset({ActionStatus.DRY_RUN, ActionStatus.QUEUED, ActionStatus.EXECUTED, ActionStatus.REVERT_FAILED})
 STALE_RUNNING_SECONDS = 600.0  # far beyond any executor's timeouts
+NOT_AUTHORISED = "caller not authorised to enforce"
+IN_PROCESS = "in-process"  # the caller of `handle` without a token: the stream worker, a script, the tests
 
 
 class ActionNotFound(NotFound):
@@ -158,23 +160,28 @@ class HealingEngine:
         logger.warning("self-healing enforcement %s", "resumed" if enabled else "STOPPED")
 
     # --- deciding ---------------------------------------------------------------------------------------
-    def handle(self, events: Sequence[AttackEvent]) -> list[HealingAction]:
-        """Decide and audit every event, queue what is enforced; never waits for an executor."""
+    def handle(self, events: Sequence[AttackEvent], *, caller: str | None = IN_PROCESS) -> list[HealingAction]:
+        """Decide and audit every event, queue what is enforced; never waits for an executor.
+
+        `caller` is the label of the token that sent the events, recorded as `authorised_by` in the parameters of
+        every enforced action; None (a caller without a sensor token): what would be enforced is recorded as
+        dry_run with the reason NOT_AUTHORISED.
+        """
         enforcing = self.enforcement_enabled
         with self._lock:
             try:
-                records = self._decide_all(events, enforcing)
+                records = self._decide_all(events, enforcing, caller)
             except BlockConflict:  # another process blocked one of the addresses meanwhile: extend its block
-                records = self._decide_all(events, enforcing)
+                records = self._decide_all(events, enforcing, caller)
         for record in records:
             if record.status == ActionStatus.QUEUED:
                 self._enqueue(record)
         return [record.to_action() for record in records]
 
-    def _decide_all(self, events: Sequence[AttackEvent], enforcing: bool) -> list[ActionRecord]:
+    def _decide_all(self, events: Sequence[AttackEvent], enforcing: bool, caller: str | None) -> list[ActionRecord]:
         now = self.clock()
         blocks: dict[tuple[str, str], ActionRecord] = {}  # blocks decided in this batch, by (address, mode)
-        records = [self._decide(event, now, enforcing, blocks) for event in events]
+        records = [self._decide(event, now, enforcing, blocks, caller) for event in events]
         self.store.insert(records)
         decided = {record.action_id for record in records}
         for record in records:
@@ -200,7 +207,12 @@ class HealingEngine:
         return None
 
     def _decide(
-        self, event: AttackEvent, now: float, enforcing: bool, blocks: dict[tuple[str, str], ActionRecord]
+        self,
+        event: AttackEvent,
+        now: float,
+        enforcing: bool,
+        blocks: dict[tuple[str, str], ActionRecord],
+        caller: str | None = IN_PROCESS,
     ) -> ActionRecord:
         """The audit record of one decision (a block extension when the address is already blocked)."""
         attack = str(event.attack_type)
@@ -209,7 +221,7 @@ class HealingEngine:
         service = (event.target_service or rule.params.service) if isinstance(rule, RestartRule) else None
         reason = self._degrade_reason(event, rule, service) if action in DISRUPTIVE else None
         block_seconds = (rule.params.block_seconds or self.policy.block.seconds) if isinstance(rule, BlockRule) else 0
-        mode: Mode = "enforce" if enforcing and action in self.policy.enforce else "dry_run"
+        mode: Mode = "enforce" if enforcing and caller and action in self.policy.enforce else "dry_run"
         if reason is None and action == "block_ip":
             key = (str(event.src_ip), mode)
             live = blocks.get(key) or self.store.live_block(*key)
@@ -221,10 +233,15 @@ class HealingEngine:
         if reason is not None:
             action = "alert_admin"
         mode = "enforce" if enforcing and action in self.policy.enforce else "dry_run"
+        unauthorised = mode == "enforce" and caller is None
+        if unauthorised:
+            mode = "dry_run"
         status = ActionStatus.DRY_RUN if mode == "dry_run" else ActionStatus.QUEUED
         if action in ("alert_admin", "log_only") and not self.limiter.allow(action):
             status = ActionStatus.RATE_LIMITED
         params = self._params(action, event, rule, service, block_seconds, reason)
+        if mode == "enforce":
+            params["authorised_by"] = caller
         record = self._record(
             event,
             rule,
@@ -232,7 +249,7 @@ class HealingEngine:
             mode=mode,
             status=status,
             params=params,
-            reason=reason,
+            reason="; ".join(filter(None, [reason, NOT_AUTHORISED if unauthorised else None])) or None,
             command=self.executors[action].plan(params).text,
             now=now,
             expires_at=now + block_seconds if action == "block_ip" else None,

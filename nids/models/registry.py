@@ -46,6 +46,8 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._active: ActiveModels | None = None
         self._reason = "models are not loaded yet"
+        # why this process does not serve the versions recorded as active ('' when it does); set by the lifecycle
+        self.mismatch = ""
 
     def load(self, threat_tag: str, attack_tag: str, loader: Loader) -> ActiveModels:
         """Load both tags with `loader` (verifies hashes and reference cases) and activate the pair.

@@ -11,10 +11,14 @@ Like nids.serving.bentoml_fixes, the patch applies to the pinned version only.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 import bentoml
 from _bentoml_impl.server.app import ServiceAppFactory
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -32,7 +36,8 @@ def as_nids_error(error: ValidationError) -> InvalidInput:
 
 
 def error_response(error: NIDSError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=int(error.status_code))
+    headers = {"WWW-Authenticate": "Bearer"} if error.status_code == HTTPStatus.UNAUTHORIZED else None
+    return JSONResponse(error.body(), status_code=int(error.status_code), headers=headers)
 
 
 async def _endpoint(self: ServiceAppFactory, name: str, request: Request) -> Response:
@@ -42,6 +47,11 @@ async def _endpoint(self: ServiceAppFactory, name: str, request: Request) -> Res
         refused: NIDSError = as_nids_error(error)
     except NIDSError as error:
         refused = error
+    return refusal(request, refused)
+
+
+def refusal(request: Request, refused: NIDSError) -> JSONResponse:
+    """The response of a refused request, logged at INFO (WARNING for 5xx) without its payload."""
     level = logging.WARNING if refused.status_code >= 500 else logging.INFO
     logger.log(level, "%s %s: %d %s", request.method, request.url.path, refused.status_code, refused.message)
     return error_response(refused)
@@ -54,3 +64,25 @@ def install() -> bool:
         return False
     ServiceAppFactory.api_endpoint = _endpoint  # type: ignore[method-assign]
     return True
+
+
+# --- the mounted FastAPI apps (nids.serving.routes) answer errors the same way -------------------------------
+def install_fastapi(app: FastAPI) -> None:
+    """NIDSError -> its status and body; a refused request (missing field, bad query) -> 400 naming each."""
+
+    async def nids_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, NIDSError)
+        return refusal(request, error)
+
+    async def invalid_request(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestValidationError)
+        detail = [{key: item[key] for key in ("loc", "msg", "type") if key in item} for item in error.errors()]
+        return await nids_error(request, InvalidInput(f"{len(detail)} invalid field(s) in the request", detail=detail))
+
+    async def http_error(request: Request, error: Exception) -> Response:  # unknown path, method not allowed
+        assert isinstance(error, StarletteHTTPException)
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+    app.add_exception_handler(NIDSError, nids_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)

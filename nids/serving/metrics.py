@@ -62,6 +62,17 @@ class ServiceMetrics:
             passed = all(case.passed for case in model.reference_results)
             self.reference_checks.labels(role, model.tag).set(1 if passed else 0)
 
+    def switch_models(self, models: ActiveModels, previous: ActiveModels | None) -> None:
+        """A version switch: zero the labels of versions no longer served (livemax keeps the last value of a
+        label per process), then publish the new pair."""
+        if previous is not None:
+            served = {model.tag for model in models.by_role().values()}
+            for role, model in previous.by_role().items():
+                if model.tag not in served:
+                    self.active_model.labels(role, model.name, model.tag, model.inference_form).set(0)
+                    self.reference_checks.labels(role, model.tag).set(0)
+        self.observe_models(models)
+
     def count_threats(self, is_attack: np.ndarray) -> None:
         attacks = int(np.count_nonzero(is_attack))
         self.predictions.labels(THREAT_MODEL_NAME, "attack", "").inc(attacks)

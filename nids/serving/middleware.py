@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from nids.core.errors import RequestTooLarge
 from nids.core.settings import get_settings
@@ -11,6 +12,9 @@ from nids.serving.asgi import ASGIApp, Message, Receive, Scope, Send
 
 MODEL_PATHS = frozenset({"/detect_threat", "/classify_attack", "/analyze", "/analyze_csv", "/model_info"})
 CSV_PATH = "/analyze_csv"
+# model lifecycle (nids.serving.routes.models): a package upload has its own size limit
+PACKAGE_UPLOAD_PATH = "/api/v1/models/upload"
+CSV_UPLOAD_PATH = "/api/v1/upload/csv"
 MULTIPART_OVERHEAD = 64 * 1024
 
 
@@ -31,13 +35,20 @@ class RequestGuard:
             return
         path = scope["path"]
         if not self.registry.ready and (path in MODEL_PATHS or path == "/readyz"):
-            await _send_json(send, 503, {"error": f"no verified models are being served: {self.registry.reason}"})
+            await send_json(send, 503, {"error": f"no verified models are being served: {self.registry.reason}"})
+            return
+        if path == "/readyz" and self.registry.mismatch:  # serving a verified pair, but not the recorded one
+            await send_json(send, 200, {"status": "ready", "detail": self.registry.mismatch})
             return
         settings = get_settings()
         limit = settings.max_csv_bytes + MULTIPART_OVERHEAD if path == CSV_PATH else settings.max_request_bytes
+        if path == CSV_UPLOAD_PATH:
+            limit = settings.max_csv_bytes + MULTIPART_OVERHEAD
+        elif path == PACKAGE_UPLOAD_PATH:
+            limit = settings.model_max_package_bytes + MULTIPART_OVERHEAD
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _send_json(send, 413, {"error": f"request body of {int(length)} bytes; the limit is {limit}"})
+            await send_json(send, 413, {"error": f"request body of {int(length)} bytes; the limit is {limit}"})
             return
         await self.app(scope, _bounded(receive, limit), _unwrap_errors(send))
 
@@ -89,7 +100,7 @@ def _unwrapped(body: bytes) -> bytes:
     return body
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, str]) -> None:
+async def send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})

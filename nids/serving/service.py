@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel, Field
 from nids.core import pipeline
 from nids.core.actions import HealingAction
 from nids.core.errors import NotFound
+from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.schemas import (
     AnalyzeFlows,
     AnalyzeResponse,
@@ -35,10 +37,15 @@ from nids.core.settings import get_settings
 from nids.healing.engine import HealingEngine
 from nids.healing.schemas import ActionQuery, ActionRecord, EnforcementState
 from nids.models.artifacts import load_model
+from nids.models.lifecycle import Lifecycle
 from nids.models.registry import REGISTRY
+from nids.models.state import open_lifecycle_store
 from nids.serving import bentoml_fixes, errors
+from nids.serving.auth import AccessGuard, Caller, caller_of, token_book
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import RequestGuard
+from nids.serving.routes import models as model_routes
+from nids.serving.routes import upload as upload_routes
 
 logger = logging.getLogger("nids.service")
 bentoml_fixes.install()
@@ -47,6 +54,9 @@ errors.install()
 # Declaring the media type of list outputs spares BentoML 1.4.39 from generating their whole JSON schema on every
 # response just to learn it is JSON (~1.5 ms of CPU per response, 40% of a single-flow request).
 JSON = ContentType("application/json")
+# The request context (its headers carry the caller's token, checked by nids.serving.auth.AccessGuard). An API
+# called in-process gets none: no caller, so nothing it decides is enforced.
+Context = bentoml.Context
 
 # Adaptive batching (docs/api.md, "Batching and latency"). max_batch_size counts rows: 1000 rows bound one model
 # call to ~10 ms (threat) / ~35 ms (attack). max_latency_ms is the queueing budget past which BentoML sheds a
@@ -63,18 +73,33 @@ class PingReply(BaseModel):
 
 
 @bentoml.service(name="nids", traffic={"timeout": 30})
+@bentoml.asgi_app(model_routes.app, path="/api/v1/models")  # model lifecycle (docs/models.md)
+@bentoml.asgi_app(upload_routes.app, path="/api/v1/upload")  # the original CSV API
 class NIDSService:
     def __init__(self) -> None:
         settings = get_settings()
         logging.getLogger("nids").setLevel(settings.log_level)  # BentoML leaves other loggers at WARNING
+        token_book()  # a bad NIDS_TOKENS_FILE stops startup, naming the problem
         self.models = REGISTRY
         self.metrics = service_metrics()
-        try:
-            REGISTRY.load(settings.threat_model_tag, settings.attack_model_tag, load_model)
-        except Exception:  # any load failure leaves the service up, unready, reporting the reason
-            logger.exception("serving no models: %s", REGISTRY.reason)
+        # model lifecycle: serve the versions recorded as active (shared by workers and replicas), follow switches
+        self.lifecycle = Lifecycle(
+            open_lifecycle_store(settings.state_url, settings.model_state_table_prefix),
+            REGISTRY,
+            load_model,
+            gate_margin=settings.model_gate_margin,
+            on_switch=self.metrics.switch_models,
+        )
+        # any load failure leaves the service up, unready, reporting the reason
+        self.lifecycle.bootstrap(
+            {THREAT_MODEL_NAME: settings.threat_model_tag, ATTACK_MODEL_NAME: settings.attack_model_tag}
+        )
         self.metrics.observe_models(REGISTRY.current)
+        self.lifecycle.start(settings.model_sync_seconds)
         self.healing = HealingEngine.from_settings(settings)
+        model_routes.app.state.lifecycle = self.lifecycle
+        upload_routes.app.state.registry, upload_routes.app.state.metrics = REGISTRY, self.metrics
+        upload_routes.app.state.healer = self.healer
         # what is loaded by now lives as long as the process: keep it out of every later full collection
         gc.collect()
         gc.freeze()
@@ -84,7 +109,15 @@ class NIDSService:
 
     @bentoml.on_shutdown
     def close(self) -> None:
+        self.lifecycle.stop()
         self.healing.close()
+
+    def healer(self, caller: Caller | None) -> pipeline.Healer:
+        """The engine's `handle` for this caller: its label authorises enforcement; without a token, nothing is."""
+        return partial(self.healing.handle, caller=caller.label if caller is not None else None)
+
+    def _healer_of(self, ctx: Context | None) -> pipeline.Healer:
+        return self.healer(caller_of(ctx))
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_LATENCY_MS)
     def detect_threat(self, flows: ThreatFlows) -> Annotated[list[ThreatPrediction], JSON]:
@@ -97,23 +130,23 @@ class NIDSService:
         return pipeline.classify_attacks(self.models.active(), flows, self.metrics)
 
     @bentoml.api
-    def self_heal(self, events: AttackEvents) -> Annotated[list[HealingAction], JSON]:
+    def self_heal(self, events: AttackEvents, ctx: Context = None) -> Annotated[list[HealingAction], JSON]:
         """Self-healing decision for each attack event (recorded in the audit log; dry-run by default)."""
-        return pipeline.self_heal(self.healing.handle, events, self.metrics)
+        return pipeline.self_heal(self._healer_of(ctx), events, self.metrics)
 
     @bentoml.api
-    def analyze(self, flows: AnalyzeFlows) -> AnalyzeResponse:
+    def analyze(self, flows: AnalyzeFlows, ctx: Context = None) -> AnalyzeResponse:
         """The whole pipeline per flow: threat verdict, attack type and action, plus a summary."""
-        return pipeline.analyze(self.models.active(), self.healing.handle, flows, self.metrics)
+        return pipeline.analyze(self.models.active(), self._healer_of(ctx), flows, self.metrics)
 
     @bentoml.api
-    def analyze_csv(self, file: Path) -> AnalyzeResponse:
+    def analyze_csv(self, file: Path, ctx: Context = None) -> AnalyzeResponse:
         """`analyze` for an uploaded CSV (CICFlowMeter or NSL-KDD columns)."""
         settings = get_settings()
         flows, ignored = pipeline.read_csv(
             file, max_rows=settings.max_rows_per_request, max_bytes=settings.max_csv_bytes
         )
-        response = pipeline.analyze(self.models.active(), self.healing.handle, flows, self.metrics)
+        response = pipeline.analyze(self.models.active(), self._healer_of(ctx), flows, self.metrics)
         return response.model_copy(update={"ignored_columns": ignored})
 
     @bentoml.api
@@ -141,15 +174,25 @@ class NIDSService:
         return record
 
     @bentoml.api
-    def healing_revert(self, action_id: str) -> ActionRecord:
-        """Undo an action (e.g. lift a block); 404 if unknown, 409 if it already ended or nothing ran."""
-        return self.healing.revert(action_id)
+    def healing_revert(self, action_id: str, ctx: Context = None) -> ActionRecord:
+        """Undo an action (e.g. lift a block); 404 if unknown, 409 if it already ended or nothing ran. Admin token."""
+        record = self.healing.revert(action_id)
+        self.lifecycle.audit(_label(ctx), "healing_revert", detail={"action_id": action_id, "status": record.status})
+        return record
 
     @bentoml.api
-    def healing_enforcement(self, enabled: bool) -> EnforcementState:
-        """The stop switch: `false` stops all enforcement at once (every replica sharing the audit log)."""
+    def healing_enforcement(self, enabled: bool, ctx: Context = None) -> EnforcementState:
+        """The stop switch: `false` stops all enforcement at once (every replica sharing the audit log). Admin token."""
         self.healing.set_enforcement(enabled)  # Conflict (409) while NIDS_HEALING_ENFORCEMENT_STOPPED is set
+        self.lifecycle.audit(_label(ctx), "healing_enforcement", detail={"enabled": enabled})
         return EnforcementState(enforcement_enabled=self.healing.enforcement_enabled)
 
 
+def _label(ctx: Context | None) -> str:
+    """The label of the admin token AccessGuard checked (over HTTP these APIs are unreachable without one)."""
+    caller = caller_of(ctx)
+    return caller.label if caller is not None else "in-process"
+
+
 NIDSService.add_asgi_middleware(RequestGuard, registry=REGISTRY)
+NIDSService.add_asgi_middleware(AccessGuard)

@@ -301,3 +301,17 @@ def test_a_block_recorded_by_another_process_meanwhile_is_extended(engine_factor
     assert len(checks) == 2, "the unique index refused the second block and the decision was taken again"
     assert (action.status, action.action_params["extends"]) == ("extended", block.action_id)
     assert len(engine.list_actions(action_type="block_ip")) == 2
+
+
+def test_an_unauthorised_caller_never_enforces(engine_factory, runner):
+    """Access control: events from a caller without a sensor token are decided, audited, never enforced."""
+    engine = engine_factory(make_policy(enforce=["block_ip", "restart_service"]))
+    block, restart = engine.handle([ssh(), ddos()], caller=None)
+    for action in (block, restart):
+        assert (action.mode, action.status) == ("dry_run", "dry_run")
+        assert engine.get_action(action.action_id).reason == "caller not authorised to enforce"
+    engine.wait_idle()
+    assert runner.calls == []
+    (enforced,) = engine.handle([ssh(src_ip="203.0.113.8")], caller="sensor-dc1")
+    assert (enforced.mode, enforced.status) == ("enforce", "queued")
+    assert engine.get_action(enforced.action_id).params["authorised_by"] == "sensor-dc1"  # a label, never a token

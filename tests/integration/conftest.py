@@ -98,3 +98,10 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
     yield start
     for process in processes:
         _stop(process)
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    """A client of the module's `server` fixture."""
+    with server.client() as client:
+        yield client

@@ -36,24 +36,20 @@ LIMITS = {
     "NIDS_MAX_REQUEST_BYTES": "200000",
     "NIDS_MAX_CSV_BYTES": "100000",
 }
+ADMIN_TOKEN = "integration-admin-token"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
 def server(model_store: Any, serve: Callable[..., Server]) -> Server:
-    server = serve(model_store.home, **LIMITS)
+    server = serve(model_store.home, **LIMITS, NIDS_ADMIN_TOKEN=ADMIN_TOKEN)
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     return server
 
 
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
-
-
-def post(http: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+def post(http: httpx.Client, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
     # json.dumps writes NaN / Infinity tokens, as Python and JavaScript clients do
-    return http.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    return http.post(path, content=json.dumps(body), headers={"content-type": "application/json", **(headers or {})})
 
 
 def predictions_total(http: httpx.Client, **labels: str) -> float:
@@ -227,19 +223,22 @@ def test_audit_log_show_revert_and_stop_switch(http: httpx.Client) -> None:
     shown = post(http, "/healing_action", {"action_id": action["action_id"]}).json()
     assert (shown["flow_id"], shown["confidence"], shown["mode"]) == ("audit-1", 0.99, "dry_run")
 
-    reverted = post(http, "/healing_revert", {"action_id": action["action_id"]})
+    assert post(http, "/healing_revert", {"action_id": action["action_id"]}).status_code == 401  # admin only
+    reverted = post(http, "/healing_revert", {"action_id": action["action_id"]}, ADMIN)
     assert reverted.status_code == 200, reverted.text
     assert reverted.json()["ended_at"] is not None
-    again = post(http, "/healing_revert", {"action_id": action["action_id"]})
+    again = post(http, "/healing_revert", {"action_id": action["action_id"]}, ADMIN)
     assert again.status_code == 409, again.text
     missing = post(http, "/healing_action", {"action_id": "no-such-id"})
     assert missing.status_code == 404 and "no-such-id" in missing.text
     bad_filter = post(http, "/healing_actions", {"address": "not-an-ip"})
     assert bad_filter.status_code == 400 and "address" in bad_filter.text
 
-    stopped = post(http, "/healing_enforcement", {"enabled": False})
+    wrong = post(http, "/healing_enforcement", {"enabled": False}, {"authorization": "Bearer wrong"})
+    assert wrong.status_code == 403, wrong.text
+    stopped = post(http, "/healing_enforcement", {"enabled": False}, ADMIN)
     assert stopped.status_code == 200 and stopped.json() == {"enforcement_enabled": False}
-    assert post(http, "/healing_enforcement", {"enabled": True}).json() == {"enforcement_enabled": True}
+    assert post(http, "/healing_enforcement", {"enabled": True}, ADMIN).json() == {"enforcement_enabled": True}
 
 
 def test_analyze(http: httpx.Client) -> None:

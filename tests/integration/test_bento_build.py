@@ -57,8 +57,12 @@ def test_bento_holds_the_service_package_policy_and_models(bento: Path, model_st
 
 def test_generated_dockerfile_and_pinned_requirements(bento: Path) -> None:
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
-    assert "FROM python:3.11-slim" in dockerfile
-    assert "requirements.txt" in dockerfile
+    # deploy/Dockerfile.template: the base is a build argument, python:3.11-slim unless a local base is passed
+    assert "ARG NIDS_BASE_IMAGE=python:3.11-slim\nFROM ${NIDS_BASE_IMAGE}" in dockerfile
+    assert "build-essential" not in dockerfile
+    assert 'VOLUME ["/var/lib/nids"]' in dockerfile
+    assert "/readyz" in dockerfile.split("HEALTHCHECK", 1)[1]
+    assert "env/python/install.sh" in dockerfile  # installs env/python/requirements.txt
     assert "EXPOSE 3000" in dockerfile
     assert "ENTRYPOINT" in dockerfile
     requirements = (bento / "env" / "python" / "requirements.txt").read_text().split()

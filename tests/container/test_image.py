@@ -1,0 +1,148 @@
+"""The image as a user runs it: `docker run -p ... -v STATE:/var/lib/nids IMAGE`, then every API over HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from benchmarks.replicas import Container, docker
+from nids.core.features import ATTACK_CLASSES
+
+from .conftest import FIXTURES, Image, report, volume_files
+
+pytestmark = pytest.mark.container
+
+AUDIT_FILE = "healing-audit.sqlite3"
+MAX_IMAGE_BYTES = 700 * 10**6
+DISTRIBUTIONS = "import importlib.metadata as m; print(*sorted({d.metadata['Name'] for d in m.distributions()}))"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def post(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+    return client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+@pytest.fixture(scope="module")
+def served(run_container: Callable[..., Container]) -> Container:
+    return run_container(volume=f"nids-test-state-{uuid.uuid4().hex[:8]}")
+
+
+def test_image_is_lean(image: Image, capsys: pytest.CaptureFixture[str]) -> None:
+    report(capsys, f"image {image.tag}: {image.size_bytes / 1e6:.0f} MB, built in {image.build_seconds:.0f} s")
+    assert image.size_bytes <= MAX_IMAGE_BYTES, f"{image.size_bytes / 1e6:.0f} MB"
+    listing = docker("run", "--rm", "--entrypoint", "python", image.tag, "-c", DISTRIBUTIONS).stdout
+    installed = {name.lower() for name in listing.split()}
+    assert not {"matplotlib", "pandas", "skl2onnx", "onnx"} & installed
+    assert {"bentoml", "onnxruntime", "scikit-learn", "psycopg"} <= installed
+    compilers = docker("run", "--rm", "--entrypoint", "sh", image.tag, "-c", "command -v gcc cc c++ || true").stdout
+    assert compilers.strip() == ""
+    sources = docker("run", "--rm", "--entrypoint", "ls", image.tag, "src").stdout.split()
+    assert not {"tests", "training"} & set(sources)  # serving code only
+
+
+def test_runs_as_an_unprivileged_user(image: Image, served: Container) -> None:
+    assert docker("image", "inspect", "-f", "{{.Config.User}}", image.tag).stdout.strip() == "bentoml"
+    assert served.exec("id", "-u") != "0"
+    assert served.exec("stat", "-c", "%U", "/proc/1") == "bentoml"  # the server itself, not only `exec`
+
+
+def test_every_api_answers_the_real_fixtures(served: Container, image: Image) -> None:
+    with served.client() as http:
+        assert http.get("/livez").status_code == 200
+        (threat,) = post(http, "/detect_threat", fixture("detect_threat")).json()
+        assert 0 <= threat["prediction_score"] <= 1 and threat["model_version"] == image.threat_tag
+        (attack,) = post(http, "/classify_attack", fixture("classify_attack")).json()
+        assert attack["attack_type_name"] == ATTACK_CLASSES[attack["attack_type_encoded"]]
+        assert attack["model_version"] == image.attack_tag
+        analyzed = post(http, "/analyze", fixture("analyze")).json()
+        assert analyzed["summary"]["total"] == 2 and {r["kind"] for r in analyzed["results"]} == {"threat", "attack"}
+        csv = "service,flag,src_bytes,dst_bytes,count,same_srv_rate,diff_srv_rate,dst_host_srv_count,"
+        csv += "dst_host_same_srv_rate,dst_host_same_src_port_rate,label\nhttp,SF,1500,2000,10,0.8,0.1,50,0.75,0.9,x\n"
+        uploaded = http.post("/analyze_csv", files={"file": ("flows.csv", csv.encode(), "text/csv")})
+        assert uploaded.status_code == 200, uploaded.text
+        assert uploaded.json()["summary"]["total"] == 1 and uploaded.json()["ignored_columns"] == ["label"]
+        healed = post(http, "/self_heal", fixture("self_heal")).json()
+        assert [a["action_type"] for a in healed] == ["block_ip", "restart_service"]
+        assert {a["mode"] for a in healed} == {"dry_run"}  # nothing is enforced by default
+        info = post(http, "/model_info", fixture("model_info")).json()
+        assert (info["threat"]["tag"], info["attack"]["tag"]) == (image.threat_tag, image.attack_tag)
+        assert all(case["passed"] for case in info["threat"]["reference_cases"] + info["attack"]["reference_cases"])
+        listed = {r["action_id"] for r in post(http, "/healing_actions", {"limit": 1000}).json()}
+        assert {a["action_id"] for a in healed} <= listed
+        assert re.search(r"^nids_predictions_total\{.*\} [1-9]", http.get("/metrics").text, re.MULTILINE)
+
+
+def in_progress(http: httpx.Client, path: str) -> float:
+    pattern = re.compile(rf'^bentoml_service_request_in_progress\{{endpoint="{path}".*\}} (\S+)$', re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(http.get("/metrics").text))
+
+
+def test_sigterm_finishes_the_request_in_flight_and_closes_the_audit_log(
+    run_container: Callable[..., Container], image: Image
+) -> None:
+    volume = f"nids-test-state-{uuid.uuid4().hex[:8]}"
+    container = run_container(volume=volume)
+    flows = fixture("analyze")["flows"] * 5000  # 10,000 flows: long enough to be caught in flight
+    reply: dict[str, httpx.Response] = {}
+    with container.client() as http:
+        sender = threading.Thread(target=lambda: reply.setdefault("analyze", post(http, "/analyze", {"flows": flows})))
+        sender.start()
+        while not in_progress(http, "/analyze") and sender.is_alive():
+            time.sleep(0.01)
+        assert sender.is_alive(), "the request ended before it could be caught in flight"
+        docker("kill", "--signal", "TERM", container.name)
+        sender.join(timeout=60)
+    assert reply["analyze"].status_code == 200, reply["analyze"].text[:500]
+    assert len(reply["analyze"].json()["results"]) == len(flows)
+    assert docker("wait", container.name, timeout=60).stdout.strip() == "0"
+    assert "Completed cleanup hook: close" in container.logs()
+    # the SQLite audit log was closed: its write-ahead log was checkpointed into the file and removed
+    assert volume_files(image, volume) == {AUDIT_FILE}
+
+
+def test_state_on_the_volume_survives_a_new_container(run_container: Callable[..., Container]) -> None:
+    volume = f"nids-test-state-{uuid.uuid4().hex[:8]}"
+    first = run_container(volume=volume)
+    with first.client() as http:
+        decided = {a["action_id"] for a in post(http, "/self_heal", fixture("self_heal")).json()}
+    assert first.stop() == 0
+    second = run_container(volume=volume)
+    with second.client() as http:
+        listed = {r["action_id"] for r in post(http, "/healing_actions", {"limit": 1000}).json()}
+        assert decided <= listed
+        restarted = post(http, "/healing_action", {"action_id": sorted(decided)[0]})
+    assert restarted.status_code == 200 and restarted.json()["action_id"] == sorted(decided)[0]
+
+
+def test_documented_environment_variables_are_honoured(run_container: Callable[..., Container], image: Image) -> None:
+    volume = f"nids-test-state-{uuid.uuid4().hex[:8]}"
+    container = run_container(
+        volume=volume,
+        NIDS_DATA_DIR="/var/lib/nids/elsewhere",
+        NIDS_MAX_ROWS_PER_REQUEST="3",
+        NIDS_HEALING_ENFORCEMENT_STOPPED="true",
+    )
+    with container.client() as http:
+        too_many = post(http, "/analyze", {"flows": fixture("analyze")["flows"] * 2})
+        assert too_many.status_code == 413, too_many.text
+        resumed = post(http, "/healing_enforcement", {"enabled": True})
+        assert resumed.status_code == 409 and "NIDS_HEALING_ENFORCEMENT_STOPPED" in resumed.json()["error"]
+        assert post(http, "/self_heal", fixture("self_heal")).status_code == 200
+    assert container.stop() == 0
+    assert volume_files(image, volume) == {"elsewhere"}
+    assert volume_files(image, volume, "elsewhere") == {AUDIT_FILE}
+
+    missing = run_container(wait="/livez", NIDS_THREAT_MODEL_TAG="threat_detector:doesnotexist")
+    readyz = httpx.get(f"{missing.url}/readyz", timeout=5)
+    assert readyz.status_code == 503 and "threat_detector:doesnotexist" in readyz.json()["error"]
