@@ -1,8 +1,10 @@
 """`python -m nids.stream` runs the worker; `python -m nids.stream produce FILE.csv|FILE.json` publishes records.
 
-The worker loads and verifies the models (exit 2 when they cannot be served: a worker without models would
-only pile up lag), opens the self-healing engine, serves metrics on NIDS_STREAM_METRICS_PORT, and runs until
-SIGTERM or SIGINT, which settle and commit everything read before it exits 0.
+The worker serves the model versions the lifecycle records as active (as the service does, following
+activations and rollbacks; the configured tags at first start), verified (exit 2 when none can be served: a
+worker without models would only pile up lag), opens the self-healing engine, serves metrics on
+NIDS_STREAM_METRICS_PORT, and runs until SIGTERM or SIGINT, which settle and commit everything read before it
+exits 0.
 """
 
 from __future__ import annotations
@@ -47,18 +49,30 @@ async def _produce(settings: StreamSettings, path: Path, limit: int | None, topi
 async def _run(settings: StreamSettings) -> int:
     import prometheus_client
 
+    from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
     from nids.core.settings import get_settings
     from nids.healing.engine import HealingEngine
     from nids.models.artifacts import load_model
+    from nids.models.lifecycle import Lifecycle
     from nids.models.registry import REGISTRY
+    from nids.models.state import open_lifecycle_store
     from nids.stream.worker import StreamWorker, tune_collector
 
     service_settings = get_settings()
-    try:
-        REGISTRY.load(service_settings.threat_model_tag, service_settings.attack_model_tag, load_model)
-    except Exception:
-        logger.exception("no models to score with: %s", REGISTRY.reason)
+    # the versions recorded as active (shared with the service's replicas), followed as they switch
+    lifecycle = Lifecycle(
+        open_lifecycle_store(service_settings.state_url, service_settings.model_state_table_prefix),
+        REGISTRY,
+        load_model,
+        gate_margin=service_settings.model_gate_margin,
+    )
+    lifecycle.bootstrap(
+        {THREAT_MODEL_NAME: service_settings.threat_model_tag, ATTACK_MODEL_NAME: service_settings.attack_model_tag}
+    )
+    if not REGISTRY.ready:
+        logger.error("no models to score with: %s", REGISTRY.reason)
         return 2
+    lifecycle.start(service_settings.model_sync_seconds)
     engine = HealingEngine.from_settings(service_settings)
     tune_collector()
     try:
@@ -77,6 +91,7 @@ async def _run(settings: StreamSettings) -> int:
         )
         await worker.run()
     finally:
+        lifecycle.stop()
         engine.close()
     return 0
 

@@ -129,6 +129,7 @@ def test_audit_log_outage_pauses_consumption_and_retries_without_dropping(stream
     worker = stream.worker(
         NIDS_HEALING_AUDIT_URL=url,
         NIDS_HEALING_AUDIT_TABLE_PREFIX=prefix,
+        NIDS_MODEL_STATE_TABLE_PREFIX=f"{prefix}lifecycle_",  # the model lifecycle shares the database by default
         NIDS_STREAM_RETRY_SECONDS="0.1",
         NIDS_STREAM_MAX_RETRY_SECONDS="0.5",
     )
