@@ -15,7 +15,9 @@ from nids.core import pipeline
 from nids.core.features import THREAT_FEATURES
 from nids.core.schemas import ThreatFlow
 from nids.models.artifacts import load_model
+from nids.models.lifecycle import Lifecycle
 from nids.models.registry import ModelRegistry
+from nids.models.state import open_lifecycle_store
 from tests.stream.conftest import FIXTURES, ROOT, Stream, attack_records, threat_records
 
 RULE_CASES: list[dict[str, Any]] = json.loads((FIXTURES / "validation_cases.json").read_text())
@@ -137,3 +139,30 @@ def test_producer_cli_publishes_rows_of_the_committed_datasets(stream: Stream) -
 
 def _canonical(record: dict[str, Any]) -> str:
     return json.dumps(record, sort_keys=True)
+
+
+def test_worker_follows_a_model_activation_between_batches(stream: Stream, model_store, clone_model, tmp_path) -> None:
+    """An activation recorded in the shared lifecycle state (as the model API does it) reaches the running worker:
+    records scored after it carry the new version."""
+    state = f"sqlite:///{tmp_path / 'lifecycle.sqlite3'}"
+    stream.worker(NIDS_MODEL_STATE_URL=state, NIDS_MODEL_SYNC_SECONDS="0.2")
+    before = stream.answers(set(stream.produce_records(threat_records(100))))
+    assert {e["threat_prediction"]["model_version"] for e in before.results} == {model_store.threat_tag}
+
+    new_tag = clone_model(model_store.threat_tag, "threat_detector")  # a new version of the same model
+    lifecycle = Lifecycle(open_lifecycle_store(state), ModelRegistry(), load_model)
+    lifecycle.activate(new_tag, "test", force=True, reason="stream test")
+    sent = []
+    for _ in range(100):  # bounded: the worker polls the state every 0.2 s
+        sent += stream.produce_records(threat_records(20))
+        answers = stream.answers(set(sent))
+        if any(e["threat_prediction"]["model_version"] == new_tag for e in answers.results):
+            break
+    versions = {e["threat_prediction"]["model_version"] for e in answers.results}
+    assert new_tag in versions and versions <= {model_store.threat_tag, new_tag}
+    # once switched, it stays switched: a new record is scored by the new version
+    [source] = stream.produce_records(threat_records(1))
+    [event] = [
+        e for e in stream.answers({source}).results if (e["source"]["partition"], e["source"]["offset"]) == source
+    ]
+    assert event["threat_prediction"]["model_version"] == new_tag
