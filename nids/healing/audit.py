@@ -1,34 +1,29 @@
 """Durable audit log of every self-healing decision.
 
 One storage interface (AuditStore) holds all the SQL, written once in a dialect both engines accept (`:name`
-parameters, DOUBLE PRECISION epoch timestamps, ON CONFLICT upserts). Two small subclasses only connect and run
-statements: SQLite (embedded default, a file in the data directory) and PostgreSQL (psycopg 3, for several
+parameters, DOUBLE PRECISION epoch timestamps, ON CONFLICT upserts); it runs on an nids.core.database
+`Database`: SQLite (embedded default, a file in the data directory) or PostgreSQL (psycopg 3, for several
 replicas sharing one log).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import sqlite3
-import threading
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import AnyUrl, TypeAdapter
+from pydantic import AnyUrl
 
+from nids.core.database import Database, PostgresDatabase, SqliteDatabase, Statement, check_prefix, open_database
 from nids.core.errors import Unavailable
-from nids.core.settings import DatabaseUrl, sqlite_path
 from nids.healing.schemas import ActionQuery, ActionRecord
 
 COLUMNS: tuple[str, ...] = tuple(ActionRecord.model_fields)
 _TIME_COLUMNS = frozenset({"created_at", "updated_at", "expires_at", "ended_at"})
 _REAL_COLUMNS = _TIME_COLUMNS | {"confidence"}
 LIVE_LIMIT = 100_000
-Statement = tuple[str, Mapping[str, Any]]
 When = datetime | float
 
 
@@ -61,33 +56,26 @@ class AuditUnavailable(Unavailable):
     """The audit database cannot be reached or written: no decision can be recorded (HTTP 503)."""
 
 
-class AuditStore(ABC):
+class AuditStore:
     """The audit log: insert decisions, update their outcome, list/show them, find live blocks, keep flags."""
 
-    unique_violation: type[Exception]  # the driver's error for a broken unique index
-    driver_error: type[Exception]  # base of every error the driver raises
-
-    def __init__(self, table_prefix: str) -> None:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table_prefix):
-            raise ValueError(f"audit table prefix {table_prefix!r} must be letters, digits and underscores")
+    def __init__(self, db: Database, table_prefix: str) -> None:
+        check_prefix(table_prefix)
+        self.db = db
         self.actions = f"{table_prefix}actions"
         self.state = f"{table_prefix}state"
-        self._lock = threading.Lock()
+        self.create_schema()
 
-    @abstractmethod
-    def _execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
-        """Run statements in one transaction; rows of the last one."""
-
-    @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        self.db.close()
 
     def _run(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
-        """`_execute`, with driver failures other than a unique violation raised as AuditUnavailable."""
+        """Run statements in one transaction; driver failures other than a unique violation are AuditUnavailable."""
         try:
-            return self._execute(statements)
-        except self.unique_violation:
+            return self.db.execute(statements)
+        except self.db.unique_violation:
             raise
-        except self.driver_error as error:
+        except self.db.driver_error as error:
             raise AuditUnavailable(f"audit log unavailable: {type(error).__name__}: {error}") from error
 
     def create_schema(self) -> None:
@@ -119,7 +107,7 @@ class AuditStore(ABC):
             return
         try:
             self._run([(sql, _row(record)) for record in records])
-        except self.unique_violation as error:
+        except self.db.unique_violation as error:
             raise BlockConflict(str(error)) from error
 
     def update(self, action_id: str, **values: Any) -> None:
@@ -201,88 +189,19 @@ class AuditStore(ABC):
 
 
 class SqliteAuditStore(AuditStore):
-    """Embedded default: one SQLite file (WAL journal, synchronous=NORMAL)."""
+    """Embedded default: one SQLite file."""
 
-    unique_violation = sqlite3.IntegrityError
-    driver_error = sqlite3.Error
-
-    def __init__(self, path: Path, table_prefix: str = "healing_", checkpoint_seconds: float = 1.0) -> None:
-        super().__init__(table_prefix)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a committed decision survives a crash or restart of the process (not a power loss);
-        # FULL's fsync per request put analyze's p99 over 100 ms at 100 req/s (BENCHMARKS.md)
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        # Checkpoints (copying the WAL into the database, with an fsync) would otherwise run inside whichever
-        # request commits the 1000th WAL page and stall it for ~200 ms: a thread of its own does them.
-        self._conn.execute("PRAGMA wal_autocheckpoint=0")
-        self.create_schema()
-        self._closing = threading.Event()
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, args=(checkpoint_seconds,), name="audit-checkpoint", daemon=True
-        )
-        self._checkpointer.start()
-
-    def _checkpoint_loop(self, seconds: float) -> None:
-        """PASSIVE checkpoints on a connection of its own: they never block the writers."""
-        conn = sqlite3.connect(self.path, timeout=30)
-        try:
-            while not self._closing.wait(seconds):
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            conn.close()
-
-    def _execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
-        with self._lock, self._conn:
-            cursor = self._conn.cursor()
-            for sql, params in statements:
-                cursor.execute(sql, params)
-            return cursor.fetchall()
-
-    def close(self) -> None:
-        self._closing.set()
-        self._checkpointer.join(timeout=10)
-        with self._lock:
-            self._conn.close()
+    def __init__(self, path: Path, table_prefix: str = "healing_") -> None:
+        super().__init__(SqliteDatabase(path), table_prefix)
 
 
 class PostgresAuditStore(AuditStore):
-    """Shared log for several replicas: PostgreSQL through psycopg 3 (reconnects when the connection broke)."""
+    """Shared log for several replicas: PostgreSQL."""
 
     def __init__(self, url: str, table_prefix: str = "healing_") -> None:
-        super().__init__(table_prefix)
-        import psycopg  # only deployments with PostgreSQL need the driver loaded
-
-        self.unique_violation = psycopg.errors.UniqueViolation
-        self.driver_error = psycopg.Error
-        self.url = url
-        self._conn = self._connect()
-        self.create_schema()
-
-    def _connect(self) -> Any:
-        import psycopg  # only deployments with PostgreSQL need the driver loaded
-
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-
-    def _execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
-        with self._lock:
-            if self._conn.broken or self._conn.closed:
-                self._conn = self._connect()
-            with self._conn.transaction(), self._conn.cursor() as cursor:
-                for sql, params in statements:
-                    cursor.execute(re.sub(r":(\w+)", r"%(\1)s", sql), params)
-                return cursor.fetchall() if cursor.description else []
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().__init__(PostgresDatabase(url), table_prefix)
 
 
 def open_audit_store(url: AnyUrl | str, table_prefix: str = "healing_") -> AuditStore:
     """`sqlite:///relative/or//absolute/path.sqlite3` or `postgresql://user@host:port/db`."""
-    url = TypeAdapter(DatabaseUrl).validate_python(url) if isinstance(url, str) else url
-    if url.scheme == "sqlite":
-        return SqliteAuditStore(sqlite_path(url), table_prefix)
-    return PostgresAuditStore(str(url), table_prefix)
+    return AuditStore(open_database(url), table_prefix)

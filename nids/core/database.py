@@ -1,0 +1,136 @@
+"""The two SQL engines the service keeps its own records in: SQLite (embedded default) and PostgreSQL (shared).
+
+Both run a sequence of `(sql, params)` statements in one transaction, written once with `:name` parameters;
+the stores built on them (the self-healing audit log, the prediction log) hold only their SQL. A `Database`
+serialises its callers with a lock: one connection, several threads.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AnyUrl, TypeAdapter
+
+from nids.core.settings import DatabaseUrl, sqlite_path
+
+Statement = tuple[str, Mapping[str, Any]]
+Dialect = Literal["sqlite", "postgresql"]
+
+
+def check_prefix(table_prefix: str) -> str:
+    """A table prefix is spliced into SQL: letters, digits and underscores only."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table_prefix):
+        raise ValueError(f"table prefix {table_prefix!r} must be letters, digits and underscores")
+    return table_prefix
+
+
+class Database(ABC):
+    dialect: Dialect
+    unique_violation: type[Exception]  # the driver's error for a broken unique index
+    driver_error: type[Exception]  # base of every error the driver raises
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @abstractmethod
+    def execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
+        """Run statements in one transaction; rows of the last one."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SqliteDatabase(Database):
+    """One SQLite file (WAL journal, synchronous=NORMAL, checkpoints on a thread of their own)."""
+
+    dialect: Dialect = "sqlite"
+    unique_violation = sqlite3.IntegrityError
+    driver_error = sqlite3.Error
+
+    def __init__(self, path: Path, checkpoint_seconds: float = 1.0) -> None:
+        super().__init__()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a committed row survives a crash or restart of the process (not a power loss);
+        # FULL's fsync per request put analyze's p99 over 100 ms at 100 req/s (BENCHMARKS.md)
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints (copying the WAL into the database, with an fsync) would otherwise run inside whichever
+        # request commits the 1000th WAL page and stall it for ~200 ms: a thread of its own does them.
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._closing = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, args=(checkpoint_seconds,), name="sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self, seconds: float) -> None:
+        """PASSIVE checkpoints on a connection of its own: they never block the writers."""
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            while not self._closing.wait(seconds):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    def execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
+        with self._lock, self._conn:
+            cursor = self._conn.cursor()
+            for sql, params in statements:
+                cursor.execute(sql, params)
+            return cursor.fetchall()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._checkpointer.join(timeout=10)
+        with self._lock:
+            self._conn.close()
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL through psycopg 3 (reconnects when the connection broke)."""
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, url: str, connect_timeout: int = 10) -> None:
+        super().__init__()
+        import psycopg  # only deployments with PostgreSQL need the driver loaded
+
+        self.unique_violation = psycopg.errors.UniqueViolation
+        self.driver_error = psycopg.Error
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._conn = self._connect()
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+
+    def execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            if self._conn.broken or self._conn.closed:
+                self._conn = self._connect()
+            with self._conn.transaction(), self._conn.cursor() as cursor:
+                for sql, params in statements:
+                    cursor.execute(re.sub(r":(\w+)", r"%(\1)s", sql), params)
+                return cursor.fetchall() if cursor.description else []
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def open_database(url: AnyUrl | str) -> Database:
+    """`sqlite:///relative/or//absolute/path.sqlite3` or `postgresql://user@host:port/db`."""
+    url = TypeAdapter(DatabaseUrl).validate_python(url) if isinstance(url, str) else url
+    if url.scheme == "sqlite":
+        return SqliteDatabase(sqlite_path(url))
+    return PostgresDatabase(str(url))
