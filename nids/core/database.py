@@ -43,6 +43,10 @@ class Database(ABC):
         """Run statements in one transaction; rows of the last one."""
 
     @abstractmethod
+    def execute_many(self, before: Sequence[Statement], sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run `before`, then `sql` once per row (one round trip where the driver can), in one transaction."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -87,6 +91,13 @@ class SqliteDatabase(Database):
                 cursor.execute(sql, params)
             return cursor.fetchall()
 
+    def execute_many(self, before: Sequence[Statement], sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        with self._lock, self._conn:
+            cursor = self._conn.cursor()
+            for statement, params in before:
+                cursor.execute(statement, params)
+            cursor.executemany(sql, rows)
+
     def close(self) -> None:
         self._closing.set()
         self._checkpointer.join(timeout=10)
@@ -114,18 +125,35 @@ class PostgresDatabase(Database):
 
         return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
 
+    def _connection(self) -> Any:
+        if self._conn.broken or self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
+
     def execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
         with self._lock:
-            if self._conn.broken or self._conn.closed:
-                self._conn = self._connect()
-            with self._conn.transaction(), self._conn.cursor() as cursor:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cursor:
                 for sql, params in statements:
-                    cursor.execute(re.sub(r":(\w+)", r"%(\1)s", sql), params)
+                    cursor.execute(_pyformat(sql), params)
                 return cursor.fetchall() if cursor.description else []
+
+    def execute_many(self, before: Sequence[Statement], sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cursor:
+                for statement, params in before:
+                    cursor.execute(_pyformat(statement), params)
+                cursor.executemany(_pyformat(sql), rows)
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _pyformat(sql: str) -> str:
+    """`:name` parameters as psycopg's `%(name)s`."""
+    return re.sub(r":(\w+)", r"%(\1)s", sql)
 
 
 def open_database(url: AnyUrl | str) -> Database:

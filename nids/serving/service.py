@@ -36,9 +36,12 @@ from nids.healing.engine import HealingEngine
 from nids.healing.schemas import ActionQuery, ActionRecord, EnforcementState
 from nids.models.artifacts import load_model
 from nids.models.registry import REGISTRY
+from nids.observability.records import PredictionBatch
 from nids.serving import bentoml_fixes, errors
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import RequestGuard
+from nids.serving.observability import Observability
+from nids.serving.routes import observability as observability_routes
 
 logger = logging.getLogger("nids.service")
 bentoml_fixes.install()
@@ -62,6 +65,10 @@ class PingReply(BaseModel):
     flows: int = Field(description="how many flows the request carried")
 
 
+# --- observability routes (docs/api.md, "Observability") -------------------------------------------------
+@bentoml.asgi_app(observability_routes.api, path="/api/v1")
+@bentoml.asgi_app(observability_routes.realtime, path="/ws")
+@bentoml.asgi_app(observability_routes.dashboard, path="/")
 @bentoml.service(name="nids", traffic={"timeout": 30})
 class NIDSService:
     def __init__(self) -> None:
@@ -75,6 +82,9 @@ class NIDSService:
             logger.exception("serving no models: %s", REGISTRY.reason)
         self.metrics.observe_models(REGISTRY.current)
         self.healing = HealingEngine.from_settings(settings)
+        # every prediction is logged off the request path (statistics, /ws/realtime, drift)
+        self.observability = Observability(settings, REGISTRY)
+        observability_routes.bind(self.observability)
         # what is loaded by now lives as long as the process: keep it out of every later full collection
         gc.collect()
         gc.freeze()
@@ -85,16 +95,23 @@ class NIDSService:
     @bentoml.on_shutdown
     def close(self) -> None:
         self.healing.close()
+        self.observability.close()
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_LATENCY_MS)
     def detect_threat(self, flows: ThreatFlows) -> Annotated[list[ThreatPrediction], JSON]:
         """Threat score of NSL-KDD flows (10 features)."""
-        return pipeline.detect_threats(self.models.active(), flows, self.metrics)
+        models = self.models.active()
+        predictions = pipeline.detect_threats(models, flows, self.metrics)
+        self.observability.record(PredictionBatch.of_threats(models, flows, predictions, "api"))
+        return predictions
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_LATENCY_MS)
     def classify_attack(self, flows: AttackFlows) -> Annotated[list[AttackPrediction], JSON]:
         """Attack type of CICFlowMeter flows (42 features)."""
-        return pipeline.classify_attacks(self.models.active(), flows, self.metrics)
+        models = self.models.active()
+        predictions = pipeline.classify_attacks(models, flows, self.metrics)
+        self.observability.record(PredictionBatch.of_attacks(models, flows, predictions, "api"))
+        return predictions
 
     @bentoml.api
     def self_heal(self, events: AttackEvents) -> Annotated[list[HealingAction], JSON]:
@@ -104,7 +121,10 @@ class NIDSService:
     @bentoml.api
     def analyze(self, flows: AnalyzeFlows) -> AnalyzeResponse:
         """The whole pipeline per flow: threat verdict, attack type and action, plus a summary."""
-        return pipeline.analyze(self.models.active(), self.healing.handle, flows, self.metrics)
+        models = self.models.active()
+        response = pipeline.analyze(models, self.healing.handle, flows, self.metrics)
+        self.observability.record(PredictionBatch.of_analysis(models, flows, response, "api"))
+        return response
 
     @bentoml.api
     def analyze_csv(self, file: Path) -> AnalyzeResponse:
@@ -113,7 +133,9 @@ class NIDSService:
         flows, ignored = pipeline.read_csv(
             file, max_rows=settings.max_rows_per_request, max_bytes=settings.max_csv_bytes
         )
-        response = pipeline.analyze(self.models.active(), self.healing.handle, flows, self.metrics)
+        models = self.models.active()
+        response = pipeline.analyze(models, self.healing.handle, flows, self.metrics)
+        self.observability.record(PredictionBatch.of_analysis(models, flows, response, "csv"))
         return response.model_copy(update={"ignored_columns": ignored})
 
     @bentoml.api
