@@ -83,9 +83,9 @@ def prediction_stats(window: Annotated[TimeWindow, Query()]) -> PredictionStats:
 
 @api.get("/drift")
 def drift_report() -> DriftReport:
-    """PSI per feature of each model's recent traffic against its training data."""
-    observability = _observability()
-    return observability.require(observability.drift).report(observability.registry.active())
+    """PSI per feature of each model's recent traffic against its training data (refreshed every
+    NIDS_DRIFT_REFRESH_SECONDS)."""
+    return _observability().drift_report()
 
 
 @dashboard.get("/dashboard", response_class=HTMLResponse)
