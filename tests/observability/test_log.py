@@ -20,6 +20,7 @@ from nids.core.features import THREAT_FEATURES
 from nids.core.model import ActiveModels
 from nids.core.schemas import ThreatFlow
 from nids.models.artifacts import load_model
+from nids.observability.drift import DriftMonitor
 from nids.observability.log import PredictionLog
 from nids.observability.records import PredictionBatch
 from nids.observability.schemas import PredictionQuery, TimeWindow
@@ -174,3 +175,26 @@ def test_psi_is_small_in_distribution_and_large_for_novel_attacks() -> None:
     assert drift.status(0.05, 0.1, 0.25) == "ok" and drift.status(0.2, 0.1, 0.25) == "watch"
     assert drift.status(0.3, 0.1, 0.25) == "drift"
     assert drift.psi([0.5, 0.5], [0.5, 0.5]) == 0.0
+
+
+def test_drift_of_a_model_without_reference_says_so(clone_model: Any, model_store: Any, tmp_path: Path) -> None:
+    tag = clone_model(model_store.threat_tag, "threat_without_reference", drop_metadata=(drift.METADATA_KEY,))
+    old = load_model(tag)
+    store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
+    report = DriftMonitor(store, window=100, min_rows=10, watch=0.1, alert=0.25).model_drift("threat", old)
+    assert (report.status, report.features, report.overall_psi) == ("no_reference", [], None)
+    assert "retrain" in (report.reason or "")
+    store.close()
+
+
+def test_drift_needs_enough_rows(models: ActiveModels, flows: Any, tmp_path: Path) -> None:
+    store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
+    store.insert(batch(models, flows[:50]).rows())
+    monitor = DriftMonitor(store, window=100, min_rows=60, watch=0.1, alert=0.25)
+    assert monitor.model_drift("threat", models.threat).status == "insufficient_data"
+    store.insert(batch(models, flows[50:]).rows())
+    judged = monitor.model_drift("threat", models.threat)
+    assert judged.window_rows == 100 and judged.status in ("ok", "watch", "drift") and len(judged.features) == 10
+    with pytest.raises(ValueError, match="cut-offs"):
+        DriftMonitor(store, window=100, min_rows=60, watch=0.3, alert=0.25)
+    store.close()

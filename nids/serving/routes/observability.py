@@ -141,7 +141,7 @@ async def realtime_stream(websocket: WebSocket) -> None:
             task.cancel()
         if subscriber.stalled.is_set():
             await _close(websocket, 1008, "client too slow: events were dropped")
-        elif sender in done and sender.exception() is not None:
+        elif sender in done and isinstance(sender.exception(), TimeoutError):
             await _close(websocket, 1008, "client too slow: a send timed out")
     finally:
         hub.unsubscribe(subscriber)
