@@ -38,7 +38,8 @@ ARGS = [
 
 @pytest.fixture(scope="module")
 def server(model_store: Any, serve: Callable[..., Server]) -> Server:
-    return serve(model_store.home, NIDS_PREDICTION_LOG_FLUSH_SECONDS="0.1", NIDS_REALTIME_POLL_SECONDS="0.1")
+    fast = {"NIDS_PREDICTION_LOG_FLUSH_SECONDS": "0.1", "NIDS_REALTIME_POLL_SECONDS": "0.1"}
+    return serve(model_store.home, **fast, NIDS_DRIFT_REFRESH_SECONDS="0.2")
 
 
 def post(server: Server, path: str, body: dict[str, Any]) -> None:
@@ -73,7 +74,8 @@ def test_dashboard_shows_a_prediction_live(server: Server, tmp_path: Path) -> No
             expect(page.locator("#actions tr").first).to_contain_text("198.51.100.")
             expect(page.locator("#total")).to_have_text("305")
             expect(page.locator("#types")).to_contain_text("SSH-Patator")
-            page.evaluate("loadDrift()")  # the page refreshes drift every 15 s; no need to wait for it
+            page.wait_for_timeout(300)  # past the server's drift refresh (0.2 s here)
+            page.evaluate("loadDrift()")  # the page itself reloads drift every 15 s
             expect(page.locator("#drift")).to_contain_text("threat (300 recent rows)")
             page.wait_for_timeout(500)
             shot = Path(os.environ.get("NIDS_DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
