@@ -130,8 +130,7 @@ def test_a_store_that_is_down_costs_no_latency_and_is_counted(tmp_path: Path, mo
     while "store_error" not in lost and time.monotonic() < deadline:
         time.sleep(0.05)
     assert lost == {"queue_full": 200, "store_error": 200}
-    log._closing = True  # close() would also close the already closed database
-    log._wake.set()
+    log.close()
 
 
 def test_stream_drops_for_a_full_client_only(tmp_path: Path, models: ActiveModels, flows: Any) -> None:
