@@ -252,7 +252,8 @@ def test_realtime_attacks_only_filter_and_bad_filter(server: Server, http: httpx
 
 def test_a_stuck_client_loses_events_without_slowing_others(server: Server, http: httpx.Client) -> None:
     """A client that never reads: once its socket buffers and its queue (1,000 events) are full, its events are
-    dropped and counted, while a reading client gets every event and the predictions answer as before."""
+    dropped and counted and it is cut off, while a reading client gets every event and the predictions answer as
+    before."""
     marker, n = "192.0.2.77", 8000
     small_window = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)  # so its socket buffers fill soon
     stuck = websocket.create_connection(ws_url(server), timeout=10, sockopt=small_window)
@@ -284,6 +285,12 @@ def test_a_stuck_client_loses_events_without_slowing_others(server: Server, http
         if line.startswith("nids_realtime_events_dropped_total")
     )
     assert dropped > 0
+
+    def connected() -> float:
+        lines = http.get("/metrics").text.splitlines()
+        return sum(float(line.split()[-1]) for line in lines if line.startswith("nids_realtime_clients "))
+
+    wait_for(lambda: connected() == 0)  # the stuck client fell a whole queue behind: the server cut it off
     stuck.close()
 
 

@@ -184,6 +184,12 @@ async def _receive(websocket: WebSocket) -> None:
             )
 
 
+CLOSE_SECONDS = 1.0
+
+
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    with contextlib.suppress(Exception):  # the client may be gone already
-        await websocket.close(code=code, reason=reason)
+    """Send the close frame if the client takes it; a client that reads nothing cannot, and the handler returns
+    anyway (the server then closes the transport)."""
+    with contextlib.suppress(Exception):  # gone already, or stuck (TimeoutError)
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await websocket.close(code=code, reason=reason)
