@@ -40,7 +40,9 @@ class LoggedPrediction(BaseModel):
     traffic_data_id: int
     timestamp: datetime = Field(description="when the service made the prediction (UTC)")
     source: Source
-    batch_id: str = Field(description="shared by the flows of one API call (or stream batch)")
+    batch_id: str = Field(
+        description="shared by the flows of one pipeline call (request, adaptive batch or stream batch)"
+    )
     kind: Literal["threat", "attack"] = Field(description="threat: 10 NSL-KDD features; attack: 42 CICFlowMeter")
     flow_id: str | None
     src_ip: str | None

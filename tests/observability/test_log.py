@@ -197,3 +197,13 @@ def test_drift_needs_enough_rows(models: ActiveModels, flows: Any, tmp_path: Pat
     with pytest.raises(ValueError, match="cut-offs"):
         DriftMonitor(store, window=100, min_rows=60, watch=0.3, alert=0.25)
     store.close()
+
+
+def test_training_records_a_reference_per_feature(models: ActiveModels) -> None:
+    for model in (models.threat, models.attack):
+        reference = model.metadata[drift.METADATA_KEY]
+        assert list(reference["features"]) == list(model.feature_names)
+        for bins in reference["features"].values():
+            assert len(bins["proportions"]) == len(bins["edges"]) + 1
+            assert sum(bins["proportions"]) == pytest.approx(1.0)
+            assert bins["edges"] == sorted(bins["edges"])
