@@ -262,11 +262,11 @@ def test_a_stuck_client_loses_events_without_slowing_others(server: Server, http
     live.recv()
     seen = 0
 
-    def read() -> None:
+    def read() -> None:  # as fast as it can: no JSON parsing, so that it keeps up on a loaded machine
         nonlocal seen
+        tag = f'"src_ip":"{marker}"'
         while seen < n:
-            event = json.loads(live.recv())
-            seen += event["type"] == "prediction" and event["data"]["src_ip"] == marker
+            seen += tag in live.recv()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -276,8 +276,8 @@ def test_a_stuck_client_loses_events_without_slowing_others(server: Server, http
     answered = time.monotonic() - started
     reader.join(timeout=60)
     live.close()
-    assert seen == n
-    assert answered < 10
+    assert seen == n, f"the reading client got {seen} of {n} events"
+    assert answered < 10, f"{n // 1000} requests of 1,000 flows took {answered:.1f} s"
     metrics = http.get("/metrics").text
     dropped = sum(
         float(line.split()[-1])
@@ -290,7 +290,7 @@ def test_a_stuck_client_loses_events_without_slowing_others(server: Server, http
         lines = http.get("/metrics").text.splitlines()
         return sum(float(line.split()[-1]) for line in lines if line.startswith("nids_realtime_clients "))
 
-    wait_for(lambda: connected() == 0)  # the stuck client fell a whole queue behind: the server cut it off
+    wait_for(lambda: connected() == 0, 20)  # the stuck client fell a whole queue behind: the server cut it off
     stuck.close()
 
 
