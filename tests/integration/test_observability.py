@@ -254,7 +254,7 @@ def test_a_stuck_client_loses_events_without_slowing_others(server: Server, http
     """A client that never reads: once its socket buffers and its queue (1,000 events) are full, its events are
     dropped and counted and it is cut off, while a reading client gets every event and the predictions answer as
     before."""
-    marker, n = "192.0.2.77", 8000
+    marker, n = "192.0.2.77", 16_000
     small_window = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)  # so its socket buffers fill soon
     stuck = websocket.create_connection(ws_url(server), timeout=10, sockopt=small_window)
     stuck.recv()  # the connection message; never read again
@@ -271,13 +271,13 @@ def test_a_stuck_client_loses_events_without_slowing_others(server: Server, http
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     started = time.monotonic()
-    for _ in range(n // 1000):
-        assert post(http, "/detect_threat", {"flows": threat_flows(1000, src_ip=marker)}).status_code == 200
+    for _ in range(n // 2000):  # more than the kernel's socket buffers (up to 4 MB) absorb
+        assert post(http, "/detect_threat", {"flows": threat_flows(2000, src_ip=marker)}).status_code == 200
     answered = time.monotonic() - started
     reader.join(timeout=60)
     live.close()
     assert seen == n, f"the reading client got {seen} of {n} events"
-    assert answered < 10, f"{n // 1000} requests of 1,000 flows took {answered:.1f} s"
+    assert answered < 20, f"{n // 2000} requests of 2,000 flows took {answered:.1f} s"
     metrics = http.get("/metrics").text
     dropped = sum(
         float(line.split()[-1])
