@@ -16,17 +16,21 @@ def test_import_contracts_are_kept() -> None:
 
 
 def test_core_and_healing_validate_score_and_decide_without_bentoml() -> None:
-    """A stream worker or a batch job imports the core and the engine; no web framework or training comes along."""
+    """A stream worker or a batch job imports the core, the engine and the prediction log; no web framework or
+    training comes along."""
     script = """
 import sys
 from nids.core import pipeline
 from nids.core.schemas import AnalyzeFlow
 from nids.healing.engine import HealingEngine
+from nids.observability.log import PredictionLog
+from nids.observability.records import PredictionBatch
 flow = AnalyzeFlow.model_validate({"service": "http", "flag": "SF", "src_bytes": 1, "dst_bytes": 2, "count": 3,
     "same_srv_rate": 1, "diff_srv_rate": 0, "dst_host_srv_count": 4, "dst_host_same_srv_rate": 1,
     "dst_host_same_src_port_rate": 0})
-assert flow.root.service == "http" and pipeline.analyze and HealingEngine
-loaded = sorted({name.split(".")[0] for name in sys.modules} & {"bentoml", "starlette", "fastapi", "training"})
+assert flow.root.service == "http" and pipeline.analyze and HealingEngine and PredictionLog and PredictionBatch
+web = {"bentoml", "starlette", "fastapi", "prometheus_client", "training"}
+loaded = sorted({name.split(".")[0] for name in sys.modules} & web)
 print(",".join(loaded))
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False)

@@ -17,6 +17,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
+from nids.core import drift
 from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, ATTACK_MODEL_NAME, EXCLUDED_LABELS
 from nids.core.model import LoadedModel, ReferenceCase
 from nids.models.artifacts import single_threaded
@@ -177,7 +178,10 @@ def train_attack(config: AttackConfig = AttackConfig()) -> AttackResult:
     loaded = common.package(
         config.model_name,
         estimator=chosen.estimator,
-        metadata=_metadata(config, files, split, evaluations, kept, without),
+        metadata={
+            **_metadata(config, files, split, evaluations, kept, without),
+            drift.METADATA_KEY: drift.reference_distribution(X_train, ATTACK_FEATURES),  # drift monitoring
+        },
         reference_cases=cases,
         X_holdout=X_val,
         seed=config.seed,

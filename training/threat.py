@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
 
+from nids.core import drift
 from nids.core.features import THREAT_CATEGORICAL, THREAT_CLASSES, THREAT_FEATURES, THREAT_MODEL_NAME
 from nids.core.model import LoadedModel, ReferenceCase
 from nids.models.artifacts import single_threaded
@@ -177,7 +178,10 @@ def train_threat(config: ThreatConfig = ThreatConfig()) -> ThreatResult:
     loaded = common.package(
         config.model_name,
         estimator=chosen.estimator,
-        metadata=_metadata(config, train_file, test_file, split, encoders, evaluations, kept),
+        metadata={
+            **_metadata(config, train_file, test_file, split, encoders, evaluations, kept),
+            drift.METADATA_KEY: drift.reference_distribution(X_train, THREAT_FEATURES),  # drift monitoring
+        },
         reference_cases=reference_cases(split.validation, val_scores, chosen.threshold, config.seed),
         X_holdout=X_test,
         seed=config.seed,

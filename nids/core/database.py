@@ -1,9 +1,9 @@
-"""The SQL connection every durable store of the service shares: SQLite by default, PostgreSQL by URL.
+"""The two SQL engines the service keeps its own records in: SQLite (embedded default) and PostgreSQL (shared).
 
-A store (the self-healing audit log, the model lifecycle state) writes its SQL once, in a dialect both engines
-accept (`:name` parameters, DOUBLE PRECISION epoch timestamps, ON CONFLICT upserts), and runs it through a
-`Database`: `execute` runs statements in one transaction and returns the rows of the last one. The driver's
-errors propagate; `unique_violation` and `driver_error` name them for the store to translate.
+Both run a sequence of `(sql, params)` statements in one transaction, written once with `:name` parameters;
+the stores built on them (the self-healing audit log, the model lifecycle state, the prediction log) hold
+only their SQL. A `Database`
+serialises its callers with a lock: one connection, several threads.
 """
 
 from __future__ import annotations
@@ -14,42 +14,56 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AnyUrl, TypeAdapter
 
 from nids.core.settings import DatabaseUrl, sqlite_path
 
 Statement = tuple[str, Mapping[str, Any]]
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+Dialect = Literal["sqlite", "postgresql"]
+
+
+def check_prefix(table_prefix: str) -> str:
+    """A table prefix is spliced into SQL: letters, digits and underscores only."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table_prefix):
+        raise ValueError(f"table prefix {table_prefix!r} must be letters, digits and underscores")
+    return table_prefix
 
 
 class Database(ABC):
+    dialect: Dialect
     unique_violation: type[Exception]  # the driver's error for a broken unique index
     driver_error: type[Exception]  # base of every error the driver raises
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
 
-    def tables(self, prefix: str, owner: str, *names: str) -> tuple[str, ...]:
-        """`prefix + name` for each name; ValueError (and the connection closed) unless the prefix is letters,
-        digits and underscores, so that it is safe inside SQL."""
-        if not _IDENTIFIER.fullmatch(prefix):
-            self.close()
-            raise ValueError(f"{owner} table prefix {prefix!r} must be letters, digits and underscores")
-        return tuple(f"{prefix}{name}" for name in names)
-
     @abstractmethod
     def execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
         """Run statements in one transaction; rows of the last one."""
+
+    def tables(self, prefix: str, owner: str, *names: str) -> tuple[str, ...]:
+        """`prefix + name` for each name; ValueError (and the connection closed) unless the prefix is safe in SQL."""
+        try:
+            check_prefix(prefix)
+        except ValueError as error:
+            self.close()
+            raise ValueError(f"{owner} {error}") from None
+        return tuple(f"{prefix}{name}" for name in names)
+
+    @abstractmethod
+    def execute_many(self, before: Sequence[Statement], sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run `before`, then `sql` once per row (one round trip where the driver can), in one transaction."""
 
     @abstractmethod
     def close(self) -> None: ...
 
 
 class SqliteDatabase(Database):
-    """Embedded default: one SQLite file (WAL journal, synchronous=NORMAL), shared by the processes of one host."""
+    """One SQLite file (WAL journal, synchronous=NORMAL, checkpoints on a thread of their own)."""
 
+    dialect: Dialect = "sqlite"
     unique_violation = sqlite3.IntegrityError
     driver_error = sqlite3.Error
 
@@ -87,6 +101,13 @@ class SqliteDatabase(Database):
                 cursor.execute(sql, params)
             return cursor.fetchall()
 
+    def execute_many(self, before: Sequence[Statement], sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        with self._lock, self._conn:
+            cursor = self._conn.cursor()
+            for statement, params in before:
+                cursor.execute(statement, params)
+            cursor.executemany(sql, rows)
+
     def close(self) -> None:
         self._closing.set()
         self._checkpointer.join(timeout=10)
@@ -95,34 +116,54 @@ class SqliteDatabase(Database):
 
 
 class PostgresDatabase(Database):
-    """Shared by several replicas: PostgreSQL through psycopg 3 (reconnects when the connection broke)."""
+    """PostgreSQL through psycopg 3 (reconnects when the connection broke)."""
 
-    def __init__(self, url: str) -> None:
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, url: str, connect_timeout: int = 10) -> None:
         super().__init__()
         import psycopg  # only deployments with PostgreSQL need the driver loaded
 
         self.unique_violation = psycopg.errors.UniqueViolation
         self.driver_error = psycopg.Error
         self.url = url
+        self.connect_timeout = connect_timeout
         self._conn = self._connect()
 
     def _connect(self) -> Any:
-        import psycopg  # only deployments with PostgreSQL need the driver loaded
+        import psycopg
 
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+
+    def _connection(self) -> Any:
+        if self._conn.broken or self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
 
     def execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
         with self._lock:
-            if self._conn.broken or self._conn.closed:
-                self._conn = self._connect()
-            with self._conn.transaction(), self._conn.cursor() as cursor:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cursor:
                 for sql, params in statements:
-                    cursor.execute(re.sub(r":(\w+)", r"%(\1)s", sql), params)
+                    cursor.execute(_pyformat(sql), params)
                 return cursor.fetchall() if cursor.description else []
+
+    def execute_many(self, before: Sequence[Statement], sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cursor:
+                for statement, params in before:
+                    cursor.execute(_pyformat(statement), params)
+                cursor.executemany(_pyformat(sql), rows)
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _pyformat(sql: str) -> str:
+    """`:name` parameters as psycopg's `%(name)s`."""
+    return re.sub(r":(\w+)", r"%(\1)s", sql)
 
 
 def open_database(url: AnyUrl | str) -> Database:

@@ -85,6 +85,27 @@ class Settings(BaseSettings):
         None, description="YAML list of {label, scope: admin|sensor, sha256} for more tokens, hashed at rest"
     )
 
+    # --- observability: prediction log, live stream, drift (docs/observability.md) ---------------------
+    prediction_log_enabled: bool = Field(True, description="record every prediction (statistics, live stream, drift)")
+    prediction_log_url: DatabaseUrl | None = Field(
+        None, description="sqlite:///path or postgresql://...; default: SQLite file predictions.sqlite3 in data_dir"
+    )
+    prediction_log_table_prefix: str = Field("nids_", description="prefix of the prediction-log tables")
+    prediction_log_queue_rows: int = Field(100_000, gt=0, description="rows waiting to be written; more are dropped")
+    prediction_log_batch_rows: int = Field(1_000, gt=0, description="rows written per transaction")
+    prediction_log_flush_seconds: float = Field(0.5, gt=0, description="longest a prediction waits to be written")
+    prediction_log_max_rows: int = Field(1_000_000, gt=0, description="retention: the newest rows kept")
+    prediction_log_max_age_days: float = Field(30.0, gt=0, description="retention: rows older than this are deleted")
+    realtime_ping_seconds: float = Field(30.0, gt=0, description="/ws/realtime sends a ping this often")
+    realtime_poll_seconds: float = Field(0.25, gt=0, description="how often /ws/realtime reads new predictions")
+    realtime_client_queue: int = Field(1_000, gt=0, description="events held per client; past it events are dropped")
+    realtime_send_timeout_seconds: float = Field(10.0, gt=0, description="a client slower than this is cut off")
+    drift_window: int = Field(5_000, gt=0, description="recent predictions per model the drift is computed over")
+    drift_min_rows: int = Field(100, gt=0, description="fewer recent rows than this: drift is not judged")
+    drift_watch_psi: float = Field(0.1, gt=0, description="PSI from which a feature's status is 'watch'")
+    drift_alert_psi: float = Field(0.25, gt=0, description="PSI from which a feature's status is 'drift'")
+    drift_refresh_seconds: float = Field(15.0, gt=0, description="how often the drift gauges on /metrics are updated")
+
     @field_validator("threat_model_tag", "attack_model_tag")
     @classmethod
     def _tag_has_name(cls, tag: str) -> str:
@@ -104,6 +125,11 @@ class Settings(BaseSettings):
         """The lifecycle state's database: the configured URL, the audit log's, or a SQLite file in data_dir."""
         default = AnyUrl(f"sqlite:///{self.data_dir / 'model-lifecycle.sqlite3'}")
         return self.model_state_url or self.healing_audit_url or default
+
+    @property
+    def prediction_log_database_url(self) -> AnyUrl:
+        """The prediction log's database: the configured URL, or the SQLite file in data_dir."""
+        return self.prediction_log_url or AnyUrl(f"sqlite:///{self.data_dir / 'predictions.sqlite3'}")
 
 
 @cache

@@ -106,7 +106,7 @@ class AuditStore:
             return
         try:
             self._run([(sql, _row(record)) for record in records])
-        except self.unique_violation as error:
+        except self.db.unique_violation as error:
             raise BlockConflict(str(error)) from error
 
     def update(self, action_id: str, **values: Any) -> None:

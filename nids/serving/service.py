@@ -40,11 +40,14 @@ from nids.models.artifacts import load_model
 from nids.models.lifecycle import Lifecycle
 from nids.models.registry import REGISTRY
 from nids.models.state import open_lifecycle_store
+from nids.observability.records import PredictionBatch
 from nids.serving import bentoml_fixes, errors
 from nids.serving.auth import AccessGuard, Caller, caller_of, token_book
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import RequestGuard
+from nids.serving.observability import Observability
 from nids.serving.routes import models as model_routes
+from nids.serving.routes import observability as observability_routes
 from nids.serving.routes import upload as upload_routes
 
 logger = logging.getLogger("nids.service")
@@ -72,6 +75,10 @@ class PingReply(BaseModel):
     flows: int = Field(description="how many flows the request carried")
 
 
+# --- observability routes (docs/api.md, "Observability") -------------------------------------------------
+@bentoml.asgi_app(observability_routes.api, path="/api/v1")
+@bentoml.asgi_app(observability_routes.realtime, path="/ws")
+@bentoml.asgi_app(observability_routes.dashboard, path="/")
 @bentoml.service(name="nids", traffic={"timeout": 30})
 @bentoml.asgi_app(model_routes.app, path="/api/v1/models")  # model lifecycle (docs/models.md)
 @bentoml.asgi_app(upload_routes.app, path="/api/v1/upload")  # the original CSV API
@@ -100,6 +107,10 @@ class NIDSService:
         model_routes.app.state.lifecycle = self.lifecycle
         upload_routes.app.state.registry, upload_routes.app.state.metrics = REGISTRY, self.metrics
         upload_routes.app.state.healer = self.healer
+        # every prediction is logged off the request path (statistics, /ws/realtime, drift)
+        self.observability = Observability(settings, REGISTRY)
+        observability_routes.bind(self.observability)
+        upload_routes.app.state.observability = self.observability
         # what is loaded by now lives as long as the process: keep it out of every later full collection
         gc.collect()
         gc.freeze()
@@ -111,6 +122,7 @@ class NIDSService:
     def close(self) -> None:
         self.lifecycle.stop()
         self.healing.close()
+        self.observability.close()
 
     def healer(self, caller: Caller | None) -> pipeline.Healer:
         """The engine's `handle` for this caller: its label authorises enforcement; without a token, nothing is."""
@@ -122,12 +134,18 @@ class NIDSService:
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_LATENCY_MS)
     def detect_threat(self, flows: ThreatFlows) -> Annotated[list[ThreatPrediction], JSON]:
         """Threat score of NSL-KDD flows (10 features)."""
-        return pipeline.detect_threats(self.models.active(), flows, self.metrics)
+        models = self.models.active()
+        predictions = pipeline.detect_threats(models, flows, self.metrics)
+        self.observability.record(PredictionBatch.of_threats(models, flows, predictions, "api"))
+        return predictions
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_LATENCY_MS)
     def classify_attack(self, flows: AttackFlows) -> Annotated[list[AttackPrediction], JSON]:
         """Attack type of CICFlowMeter flows (42 features)."""
-        return pipeline.classify_attacks(self.models.active(), flows, self.metrics)
+        models = self.models.active()
+        predictions = pipeline.classify_attacks(models, flows, self.metrics)
+        self.observability.record(PredictionBatch.of_attacks(models, flows, predictions, "api"))
+        return predictions
 
     @bentoml.api
     def self_heal(self, events: AttackEvents, ctx: Context = None) -> Annotated[list[HealingAction], JSON]:
@@ -137,7 +155,10 @@ class NIDSService:
     @bentoml.api
     def analyze(self, flows: AnalyzeFlows, ctx: Context = None) -> AnalyzeResponse:
         """The whole pipeline per flow: threat verdict, attack type and action, plus a summary."""
-        return pipeline.analyze(self.models.active(), self._healer_of(ctx), flows, self.metrics)
+        models = self.models.active()
+        response = pipeline.analyze(models, self._healer_of(ctx), flows, self.metrics)
+        self.observability.record(PredictionBatch.of_analysis(models, flows, response, "api"))
+        return response
 
     @bentoml.api
     def analyze_csv(self, file: Path, ctx: Context = None) -> AnalyzeResponse:
@@ -146,7 +167,9 @@ class NIDSService:
         flows, ignored = pipeline.read_csv(
             file, max_rows=settings.max_rows_per_request, max_bytes=settings.max_csv_bytes
         )
-        response = pipeline.analyze(self.models.active(), self._healer_of(ctx), flows, self.metrics)
+        models = self.models.active()
+        response = pipeline.analyze(models, self._healer_of(ctx), flows, self.metrics)
+        self.observability.record(PredictionBatch.of_analysis(models, flows, response, "csv"))
         return response.model_copy(update={"ignored_columns": ignored})
 
     @bentoml.api

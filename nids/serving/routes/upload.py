@@ -9,7 +9,6 @@ answered, but nothing it triggers is enforced (nids.serving.auth).
 from __future__ import annotations
 
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from nids.core import pipeline
 from nids.core.actions import HealingAction
 from nids.core.schemas import AttackPrediction, ThreatPrediction
 from nids.core.settings import get_settings
+from nids.observability.records import PredictionBatch
 from nids.serving.auth import SensorCaller
 from nids.serving.errors import install_fastapi
 from nids.serving.routes.files import save_upload
@@ -54,8 +54,10 @@ def upload_csv(
         flows, ignored = pipeline.read_csv(
             path, max_rows=settings.max_rows_per_request, max_bytes=settings.max_csv_bytes
         )
-    heal = state.healer(caller)
-    response = pipeline.analyze(state.registry.active(), heal, flows, state.metrics)
+    models = state.registry.active()
+    response = pipeline.analyze(models, state.healer(caller), flows, state.metrics)
+    batch = PredictionBatch.of_analysis(models, flows, response, "csv")
+    state.observability.record(batch)  # statistics, /ws/realtime and drift see the upload too
     predictions = [
         CsvPrediction(
             traffic_data=flow.root.model_dump(mode="json", exclude_none=True),
@@ -67,7 +69,7 @@ def upload_csv(
     ]
     return CsvUploadResponse(
         message=f"Processed {len(predictions)} rows from {file.filename or 'the upload'}",
-        batch_id=uuid.uuid4().hex,
+        batch_id=batch.batch_id,
         total_rows=len(predictions),
         predictions=predictions,
         ignored_columns=ignored,

@@ -1,0 +1,115 @@
+"""Bodies of the observability APIs: logged predictions, statistics, queries and drift reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nids.core.drift import DriftStatus
+from nids.core.net import IpAddress
+from nids.observability.records import Source
+
+MAX_PAGE = 1_000
+
+
+class LoggedThreat(BaseModel):
+    is_attack: bool
+    prediction_score: float | None = Field(description="P(attack); null for classify_attack-only predictions")
+    threshold: float | None
+    model_version: str | None
+
+
+class LoggedAttack(BaseModel):
+    attack_type_name: str
+    confidence: float | None
+    model_version: str | None
+
+
+class LoggedAction(BaseModel):
+    action_id: str | None
+    action_type: str
+    status: str | None
+    action_description: str | None
+
+
+class LoggedPrediction(BaseModel):
+    """One logged prediction; `traffic_data_id` is its id in the log (the original system's name)."""
+
+    traffic_data_id: int
+    timestamp: datetime = Field(description="when the service made the prediction (UTC)")
+    source: Source
+    batch_id: str = Field(
+        description="shared by the flows of one pipeline call (request, adaptive batch or stream batch)"
+    )
+    kind: Literal["threat", "attack"] = Field(description="threat: 10 NSL-KDD features; attack: 42 CICFlowMeter")
+    flow_id: str | None
+    src_ip: str | None
+    dst_ip: str | None
+    src_port: int | None
+    flow_timestamp: str | None = Field(description="the flow's own timestamp, as the caller sent it")
+    threat_prediction: LoggedThreat
+    attack_prediction: LoggedAttack | None
+    self_healing_action: LoggedAction | None
+    features: dict[str, Any] | None = Field(None, description="the flow's features (the list API only)")
+
+
+class PredictionStats(BaseModel):
+    total_predictions: int
+    total_attacks: int
+    total_normal: int
+    attack_rate: float = Field(description="percent of predictions that are attacks")
+    attack_type_distribution: dict[str, int] = Field(description="predictions per attack type (42-feature flows)")
+    recent_predictions: list[LoggedPrediction] = Field(description="the last 100, newest first")
+    since: datetime | None
+    until: datetime | None
+
+
+class TimeWindow(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown query parameter is a 400, not silently ignored
+
+    since: datetime | None = Field(None, description="from this time on (ISO 8601)")
+    until: datetime | None = Field(None, description="before this time (ISO 8601)")
+    window_seconds: float | None = Field(None, gt=0, description="the last N seconds (instead of since)")
+
+    @model_validator(mode="after")
+    def _one_start(self) -> TimeWindow:
+        if self.since is not None and self.window_seconds is not None:
+            raise ValueError("give either since or window_seconds, not both")
+        return self
+
+
+class PredictionQuery(TimeWindow):
+    verdict: Literal["attack", "benign"] | None = None
+    attack_type: str | None = Field(None, description="predicted attack type, e.g. 'DDoS' or 'BENIGN'")
+    src_ip: IpAddress = Field(None, description="source address")
+    source: Source | None = None
+    before_id: int | None = Field(None, gt=0, description="keyset page: predictions older than this id")
+    skip: int = Field(0, ge=0, le=100_000, description="offset page: skip this many (newest first)")
+    limit: int = Field(100, gt=0, le=MAX_PAGE)
+    include_features: bool = Field(True, description="include each flow's features")
+
+
+class FeatureDrift(BaseModel):
+    feature: str
+    psi: float
+    status: DriftStatus
+
+
+class ModelDrift(BaseModel):
+    role: Literal["threat", "attack"]
+    model_version: str
+    status: DriftStatus | Literal["no_reference", "insufficient_data"]
+    reason: str | None = None
+    window_rows: int = Field(description="recent predictions the PSI was computed over")
+    reference_rows: int | None = Field(description="training rows of the reference distribution")
+    overall_psi: float | None = Field(description="mean PSI over the features")
+    features: list[FeatureDrift] = Field(description="most drifted first")
+
+
+class DriftReport(BaseModel):
+    window_size: int
+    thresholds: dict[str, float] = Field(description="PSI cut-offs: watch and drift")
+    computed_at: datetime
+    models: list[ModelDrift]

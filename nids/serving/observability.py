@@ -1,0 +1,164 @@
+"""The service's observability parts, built from the settings: prediction log, live-stream hub, drift monitor.
+
+The APIs hand each call's predictions to `Observability.record` (a queue append); the log's writer thread,
+the hub's poller and the drift-gauge thread do the rest. Prometheus metrics are created here on first use
+(in the worker: see nids.serving.metrics for why the client import is deferred).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from nids.core.database import open_database
+from nids.core.errors import Unavailable
+from nids.observability.drift import DriftMonitor
+from nids.observability.log import LostReason, PredictionLog
+from nids.observability.store import PredictionStore
+from nids.observability.stream import Hub
+
+if TYPE_CHECKING:
+    from nids.core.model import ActiveModels
+    from nids.core.settings import Settings
+    from nids.models.registry import ModelRegistry
+    from nids.observability.records import PredictionBatch
+    from nids.observability.schemas import DriftReport
+
+logger = logging.getLogger("nids.observability")
+
+
+class ObservabilityMetrics:
+    def __init__(self) -> None:
+        import prometheus_client as prom  # deferred on purpose: see nids.serving.metrics
+
+        self.written = prom.Counter("nids_prediction_log_written", "Predictions written to the prediction log")
+        self.lost = prom.Counter(
+            "nids_prediction_log_lost", "Predictions that could not be logged, by reason", ["reason"]
+        )
+        self.clients = prom.Gauge(
+            "nids_realtime_clients", "Connected /ws/realtime clients", multiprocess_mode="livesum"
+        )
+        self.dropped = prom.Counter(
+            "nids_realtime_events_dropped", "Live events not delivered because a client's queue was full"
+        )
+        self.psi = prom.Gauge(
+            "nids_drift_psi",
+            "PSI of recent traffic against training, per feature",
+            ["model", "feature"],
+            multiprocess_mode="livemax",
+        )
+        self.psi_overall = prom.Gauge(
+            "nids_drift_psi_overall", "Mean PSI over the features, per model", ["model"], multiprocess_mode="livemax"
+        )
+
+    def lost_rows(self, reason: LostReason, rows: int) -> None:
+        self.lost.labels(reason).inc(rows)
+
+    def publish_drift(self, report: DriftReport) -> None:
+        for model in report.models:
+            if model.overall_psi is not None:
+                self.psi_overall.labels(model.role).set(model.overall_psi)
+            for feature in model.features:
+                self.psi.labels(model.role, feature.feature).set(feature.psi)
+
+
+@cache
+def observability_metrics() -> ObservabilityMetrics:
+    return ObservabilityMetrics()
+
+
+class Observability:
+    """Everything the observability routes and the APIs need; `reason` says why it is off, when it is."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = observability_metrics()
+        self.log: PredictionLog | None = None
+        self.reader: PredictionStore | None = None
+        self.hub: Hub | None = None
+        self.drift: DriftMonitor | None = None
+        self.reason = "the prediction log is disabled (NIDS_PREDICTION_LOG_ENABLED=false)"
+        self._closing = threading.Event()
+        self._drift_lock = threading.Lock()
+        self._drift_cache: tuple[float, ActiveModels, DriftReport] | None = None
+        if settings.prediction_log_enabled:
+            self._open(settings)
+
+    def _open(self, settings: Settings) -> None:
+        url = settings.prediction_log_database_url
+        prefix = settings.prediction_log_table_prefix
+        try:
+            writer = PredictionStore(open_database(url), prefix)
+            reader = PredictionStore(open_database(url), prefix)  # reads never wait behind the writer's batches
+        except Exception as error:  # the service still predicts; what it cannot log is counted
+            self.reason = f"the prediction log cannot be opened: {type(error).__name__}: {error}"
+            logger.exception("%s", self.reason)
+            return
+        self.log = PredictionLog(
+            writer,
+            queue_rows=settings.prediction_log_queue_rows,
+            batch_rows=settings.prediction_log_batch_rows,
+            flush_seconds=settings.prediction_log_flush_seconds,
+            max_rows=settings.prediction_log_max_rows,
+            max_age_seconds=settings.prediction_log_max_age_days * 86_400,
+            on_written=self.metrics.written.inc,
+            on_lost=self.metrics.lost_rows,
+        )
+        self.reader = reader
+        self.hub = Hub(
+            reader,
+            poll_seconds=settings.realtime_poll_seconds,
+            client_queue=settings.realtime_client_queue,
+            on_dropped=self.metrics.dropped.inc,
+        )
+        self.drift = DriftMonitor(
+            reader,
+            window=settings.drift_window,
+            min_rows=settings.drift_min_rows,
+            watch=settings.drift_watch_psi,
+            alert=settings.drift_alert_psi,
+        )
+        threading.Thread(target=self._publish_drift, name="drift-gauges", daemon=True).start()
+
+    def record(self, batch: PredictionBatch) -> None:
+        if self.log is not None:
+            self.log.record(batch)
+        elif self.settings.prediction_log_enabled:
+            self.metrics.lost_rows("store_error", len(batch))
+
+    def require(self, part: Any) -> Any:
+        """`part` (the reader store, hub or drift monitor), or 503 naming why observability is off."""
+        if part is None:
+            raise Unavailable(self.reason)
+        return part
+
+    def drift_report(self) -> DriftReport:
+        """The drift of the served models, computed at most once per NIDS_DRIFT_REFRESH_SECONDS (it parses the
+        whole window: ~0.1 s of CPU per 5,000 rows, not to be paid by every dashboard poll)."""
+        monitor = self.require(self.drift)
+        models = self.registry.active()
+        with self._drift_lock:
+            cached = self._drift_cache
+            fresh = cached is not None and time.monotonic() - cached[0] < self.settings.drift_refresh_seconds
+            if not (fresh and cached[1] is models):
+                self._drift_cache = (time.monotonic(), models, monitor.report(models))
+            return self._drift_cache[2]
+
+    def _publish_drift(self) -> None:
+        while not self._closing.wait(self.settings.drift_refresh_seconds):
+            if self.registry.current is None:
+                continue
+            try:
+                self.metrics.publish_drift(self.drift_report())
+            except Exception as error:  # the next round tries again
+                logger.warning("drift gauges not updated: %s: %s", type(error).__name__, error)
+
+    def close(self) -> None:
+        self._closing.set()
+        for part in (self.log, self.reader):
+            if part is not None:
+                part.close()

@@ -1,0 +1,195 @@
+"""Observability routes (docs/api.md, "Observability"): statistics, the prediction list, drift, the live stream
+and the dashboard. Three small FastAPI apps, each mounted on the Bento under its own path:
+
+- `api` at /api/v1: GET /api/v1/predictions, GET /api/v1/predictions/stats, GET /api/v1/drift
+- `realtime` at /ws: the WebSocket /ws/realtime
+- `dashboard` at /: GET /dashboard (claims that one path only; BentoML's mounts fall through to others)
+
+The service binds its `Observability` with `bind()` at startup (in the worker). Errors answer
+`{"error", "detail"}` like every other API; a refused query parameter is a 400 naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import ValidationError
+
+from nids.core.errors import InvalidInput, NIDSError, Unavailable
+from nids.observability.schemas import DriftReport, LoggedPrediction, PredictionQuery, PredictionStats, TimeWindow
+from nids.observability.stream import EventFilter, Subscriber
+from nids.serving.errors import error_response
+from nids.serving.observability import Observability
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "static" / "dashboard.html"
+_bound: dict[str, Observability] = {}
+
+
+def bind(observability: Observability) -> None:
+    _bound["observability"] = observability
+
+
+def _observability() -> Observability:
+    if "observability" not in _bound:
+        raise Unavailable("the service is still starting")
+    return _bound["observability"]
+
+
+def _refused(detail: list[Any]) -> InvalidInput:
+    return InvalidInput(f"{len(detail)} invalid query parameter(s)", detail=detail)
+
+
+def _app() -> FastAPI:
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(NIDSError)
+    async def _nids_error(request: Request, error: NIDSError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in error.errors()]
+        return error_response(_refused(detail))
+
+    return app
+
+
+api = _app()
+realtime = _app()
+dashboard = _app()
+
+
+@api.get("/predictions")
+def list_predictions(query: Annotated[PredictionQuery, Query()]) -> list[LoggedPrediction]:
+    """Logged predictions, newest first; filter by time, verdict, attack type, source address and source."""
+    observability = _observability()
+    return observability.require(observability.reader).list(query, time.time())
+
+
+@api.get("/predictions/stats")
+def prediction_stats(window: Annotated[TimeWindow, Query()]) -> PredictionStats:
+    """Totals, attack rate, attack-type distribution and the last 100 predictions (optionally in a window)."""
+    observability = _observability()
+    return observability.require(observability.reader).stats(window, time.time())
+
+
+@api.get("/drift")
+def drift_report() -> DriftReport:
+    """PSI per feature of each model's recent traffic against its training data (refreshed every
+    NIDS_DRIFT_REFRESH_SECONDS)."""
+    return _observability().drift_report()
+
+
+@dashboard.get("/dashboard", response_class=HTMLResponse)
+def dashboard_page() -> HTMLResponse:
+    return HTMLResponse(DASHBOARD.read_text(encoding="utf-8"))
+
+
+# --- the live stream ---------------------------------------------------------------------------------------
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _event_filter(params: dict[str, str]) -> EventFilter:
+    """The stream's query parameters: attacks_only (true/false) and source (api, csv, stream)."""
+    try:
+        return EventFilter.model_validate(params)
+    except ValidationError as error:
+        detail = error.errors(include_url=False, include_context=False, include_input=False)
+        raise _refused([{**e, "loc": ["query", *e["loc"]]} for e in detail]) from error
+
+
+@realtime.websocket("/realtime")
+async def realtime_stream(websocket: WebSocket) -> None:
+    """`connection` on connect, `prediction` per logged prediction (every worker's), `ping` every N seconds."""
+    await websocket.accept()
+    try:
+        event_filter = _event_filter(dict(websocket.query_params))
+        observability = _observability()
+        hub = observability.require(observability.hub)
+    except NIDSError as error:
+        await websocket.send_json({"type": "error", **error.body()})
+        await websocket.close(code=1008 if error.status_code < 500 else 1011, reason=error.message[:120])
+        return
+    settings = observability.settings
+    subscriber = hub.subscribe(event_filter)
+    observability.metrics.clients.inc()
+    try:
+        await websocket.send_json(
+            {
+                "type": "connection",
+                "status": "connected",
+                "message": "Connected to the NIDS real-time prediction stream",
+                "filters": event_filter.model_dump(),
+                "timestamp": _now(),
+            }
+        )
+        receiver = asyncio.create_task(_receive(websocket))
+        sender = asyncio.create_task(_send(websocket, subscriber, settings))
+        done, pending = await asyncio.wait(
+            [receiver, sender, asyncio.create_task(subscriber.stalled.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        if subscriber.stalled.is_set():
+            await _close(websocket, 1008, "client too slow: events were dropped")
+        elif sender in done and isinstance(sender.exception(), TimeoutError):
+            await _close(websocket, 1008, "client too slow: a send timed out")
+    finally:
+        hub.unsubscribe(subscriber)
+        observability.metrics.clients.dec()
+
+
+async def _send(websocket: WebSocket, subscriber: Subscriber, settings: Any) -> None:
+    """Events as they come, a ping when none came for realtime_ping_seconds; a stuck send raises TimeoutError."""
+    while True:
+        try:
+            async with asyncio.timeout(settings.realtime_ping_seconds):
+                message = await subscriber.queue.get()
+        except TimeoutError:
+            message = {"type": "ping", "timestamp": _now()}
+        async with asyncio.timeout(settings.realtime_send_timeout_seconds):
+            await websocket.send_json(message)
+
+
+async def _receive(websocket: WebSocket) -> None:
+    """Clients may send {"type": "ping"} (answered with pong) or {"type": "pong"}; anything else gets an error."""
+    while True:
+        received = await websocket.receive()
+        if received["type"] == "websocket.disconnect":
+            return
+        try:
+            message = json.loads(received.get("text") or "")
+        except ValueError:  # not JSON, or a binary frame
+            message = None
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "ping":
+            await websocket.send_json({"type": "pong", "timestamp": _now()})
+        elif kind != "pong":
+            await websocket.send_json(
+                {
+                    "type": "error",
+                    "error": 'unexpected message: this stream only accepts {"type": "ping"} or '
+                    '{"type": "pong"}; filters go in the query string (?attacks_only=true&source=api)',
+                    "detail": [],
+                }
+            )
+
+
+CLOSE_SECONDS = 1.0
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    """Send the close frame if the client takes it; a client that reads nothing cannot, and the handler returns
+    anyway (the server then closes the transport)."""
+    with contextlib.suppress(Exception):  # gone already, or stuck (TimeoutError)
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await websocket.close(code=code, reason=reason)

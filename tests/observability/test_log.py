@@ -1,0 +1,209 @@
+"""The prediction log on SQLite and PostgreSQL: real predictions of the session's models on real rows, the
+writer thread, queries, retention, migration, a store that is down, the stream fan-out and the drift maths."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nids.core import drift, pipeline
+from nids.core.database import PostgresDatabase, SqliteDatabase
+from nids.core.features import THREAT_FEATURES
+from nids.core.model import ActiveModels
+from nids.core.schemas import ThreatFlow
+from nids.models.artifacts import load_model
+from nids.observability.drift import DriftMonitor
+from nids.observability.log import PredictionLog
+from nids.observability.records import PredictionBatch
+from nids.observability.schemas import PredictionQuery, TimeWindow
+from nids.observability.store import SCHEMA_VERSION, PredictionStore
+from nids.observability.stream import EventFilter, Hub
+from training.data import NSL_KDD_TEST, NSL_KDD_TRAIN
+
+from ..healing.conftest import PG_URL, postgres_reachable
+
+
+@pytest.fixture(scope="module")
+def models(model_store: Any) -> ActiveModels:
+    return ActiveModels(threat=load_model(model_store.threat_tag), attack=load_model(model_store.attack_tag))
+
+
+@pytest.fixture(scope="module")
+def flows() -> list[ThreatFlow]:
+    rows = pd.read_csv(NSL_KDD_TEST, nrows=200)[list(THREAT_FEATURES)].to_dict("records")
+    return [ThreatFlow(**row, src_ip=f"10.0.0.{i % 4}") for i, row in enumerate(rows)]
+
+
+def batch(models: ActiveModels, flows: list[ThreatFlow], **kwargs: Any) -> PredictionBatch:
+    predictions = pipeline.detect_threats(models, flows)
+    return PredictionBatch(
+        "api",
+        models.threat.tag,
+        models.attack.tag,
+        flows,
+        predictions,
+        [None] * len(flows),
+        [None] * len(flows),
+        **kwargs,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionStore]:
+    if request.param == "sqlite":
+        store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
+        yield store
+        store.close()
+        return
+    if reason := postgres_reachable():
+        pytest.skip(reason)
+    prefix = f"t{uuid.uuid4().hex[:12]}_"
+    store = PredictionStore(PostgresDatabase(PG_URL), prefix)
+    try:
+        yield store
+    finally:
+        store.db.execute([(f"DROP TABLE IF EXISTS {store.predictions}, {store.schema}", {})])
+        store.close()
+
+
+def test_written_off_the_request_path_and_queried(store: PredictionStore, models: ActiveModels, flows: Any) -> None:
+    log = PredictionLog(store, flush_seconds=0.05)
+    started = time.perf_counter()
+    log.record(batch(models, flows))
+    assert time.perf_counter() - started < 0.01  # a queue append, whatever the store does
+    deadline = time.monotonic() + 10
+    while store.last_id() < len(flows) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = store.stats(TimeWindow(), time.time())
+    assert stats.total_predictions == len(flows)
+    expected = int(sum(p.is_attack for p in pipeline.detect_threats(models, flows)))
+    assert (stats.total_attacks, stats.total_normal) == (expected, len(flows) - expected)
+    assert len(stats.recent_predictions) == 100
+    rows = store.list(PredictionQuery(src_ip="10.0.0.1", verdict="attack", limit=1000), time.time())
+    assert rows and all(r.src_ip == "10.0.0.1" and r.threat_prediction.is_attack for r in rows)
+    assert rows[0].features == {name: flows[rows[0].traffic_data_id - 1][name] for name in THREAT_FEATURES}
+    assert [r.traffic_data_id for r in store.tail(190, 100)] == list(range(191, 201))
+    log.close()
+
+
+def test_schema_is_versioned_and_migration_is_idempotent(store: PredictionStore) -> None:
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.migrate() == SCHEMA_VERSION
+    again = PredictionStore(store.db, store.predictions.removesuffix("predictions"))  # a second worker starting
+    assert again.schema_version() == SCHEMA_VERSION
+
+
+def test_retention_by_rows_and_by_age(store: PredictionStore, models: ActiveModels, flows: Any) -> None:
+    old = batch(models, flows[:50], created_at=time.time() - 10 * 86_400)
+    store.insert(old.rows())
+    store.insert(batch(models, flows).rows())
+    assert store.enforce_retention(max_rows=1_000, oldest=time.time() - 86_400) == 50
+    assert store.stats(TimeWindow(), time.time()).total_predictions == 200
+    assert store.enforce_retention(max_rows=120, oldest=0) == 80
+    remaining = store.list(PredictionQuery(limit=1000, include_features=False), time.time())
+    assert [r.traffic_data_id for r in remaining] == list(range(250, 130, -1))
+
+
+def test_a_store_that_is_down_costs_no_latency_and_is_counted(tmp_path: Path, models: ActiveModels, flows: Any) -> None:
+    lost: dict[str, int] = {}
+    store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
+    store.db.close()  # every write now fails
+    log = PredictionLog(
+        store,
+        queue_rows=300,
+        flush_seconds=0.05,
+        on_lost=lambda reason, n: lost.__setitem__(reason, lost.get(reason, 0) + n),
+    )
+    one = batch(models, flows)
+    log.record(one)
+    log.record(one)  # 400 rows > 300: the second does not fit
+    assert lost == {"queue_full": 200}
+    deadline = time.monotonic() + 10
+    while "store_error" not in lost and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lost == {"queue_full": 200, "store_error": 200}
+    log.close()
+
+
+def test_stream_drops_for_a_full_client_only(tmp_path: Path, models: ActiveModels, flows: Any) -> None:
+    store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
+    store.insert(batch(models, flows[:20]).rows())
+    dropped: list[int] = []
+
+    async def scenario() -> tuple[int, int, bool]:
+        hub = Hub(store, poll_seconds=0.01, client_queue=5, on_dropped=dropped.append)
+        slow, reading = hub.subscribe(EventFilter()), hub.subscribe(EventFilter(attacks_only=True))
+        got = 0
+        for prediction in store.tail(0, 100):
+            hub.publish(prediction)
+            while not reading.queue.empty():
+                event = reading.queue.get_nowait()
+                assert event["type"] == "prediction" and event["data"]["threat_prediction"]["is_attack"]
+                got += 1
+        hub.unsubscribe(slow)
+        hub.unsubscribe(reading)
+        return got, slow.dropped, slow.stalled.is_set()
+
+    got, slow_dropped, stalled = asyncio.run(scenario())
+    attacks = sum(p.threat_prediction.is_attack for p in store.tail(0, 100))
+    assert got == attacks and slow_dropped == 15 and stalled
+    assert sum(dropped) == 15
+    store.close()
+
+
+def test_psi_is_small_in_distribution_and_large_for_novel_attacks() -> None:
+    columns = list(THREAT_FEATURES)
+    train = pd.read_csv(NSL_KDD_TRAIN, usecols=[*columns, "label"])
+    numeric = [c for c in columns if c not in ("service", "flag")]
+    reference = drift.reference_distribution(train[numeric].iloc[:20_000].to_numpy(), numeric)
+    held_out = train[numeric].iloc[40_000:42_000].to_numpy()
+    test = pd.read_csv(NSL_KDD_TEST, usecols=[*columns, "label"])
+    novel = test[~test["label"].isin(set(train["label"]))][numeric].iloc[:2_000].to_numpy()
+    calm = drift.feature_psi(reference, held_out, numeric)
+    shifted = drift.feature_psi(reference, novel, numeric)
+    assert max(calm.values()) < 0.1
+    assert np.mean(list(shifted.values())) > 0.25
+    assert drift.status(0.05, 0.1, 0.25) == "ok" and drift.status(0.2, 0.1, 0.25) == "watch"
+    assert drift.status(0.3, 0.1, 0.25) == "drift"
+    assert drift.psi([0.5, 0.5], [0.5, 0.5]) == 0.0
+
+
+def test_drift_of_a_model_without_reference_says_so(clone_model: Any, model_store: Any, tmp_path: Path) -> None:
+    tag = clone_model(model_store.threat_tag, "threat_without_reference", drop_metadata=(drift.METADATA_KEY,))
+    old = load_model(tag)
+    store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
+    report = DriftMonitor(store, window=100, min_rows=10, watch=0.1, alert=0.25).model_drift("threat", old)
+    assert (report.status, report.features, report.overall_psi) == ("no_reference", [], None)
+    assert "retrain" in (report.reason or "")
+    store.close()
+
+
+def test_drift_needs_enough_rows(models: ActiveModels, flows: Any, tmp_path: Path) -> None:
+    store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
+    store.insert(batch(models, flows[:50]).rows())
+    monitor = DriftMonitor(store, window=100, min_rows=60, watch=0.1, alert=0.25)
+    assert monitor.model_drift("threat", models.threat).status == "insufficient_data"
+    store.insert(batch(models, flows[50:]).rows())
+    judged = monitor.model_drift("threat", models.threat)
+    assert judged.window_rows == 100 and judged.status in ("ok", "watch", "drift") and len(judged.features) == 10
+    with pytest.raises(ValueError, match="cut-offs"):
+        DriftMonitor(store, window=100, min_rows=60, watch=0.3, alert=0.25)
+    store.close()
+
+
+def test_training_records_a_reference_per_feature(models: ActiveModels) -> None:
+    for model in (models.threat, models.attack):
+        reference = model.metadata[drift.METADATA_KEY]
+        assert list(reference["features"]) == list(model.feature_names)
+        for bins in reference["features"].values():
+            assert len(bins["proportions"]) == len(bins["edges"]) + 1
+            assert sum(bins["proportions"]) == pytest.approx(1.0)
+            assert bins["edges"] == sorted(bins["edges"])
