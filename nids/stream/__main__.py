@@ -15,8 +15,14 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nids.stream.settings import StreamSettings
+
+if TYPE_CHECKING:
+    from nids.core.settings import Settings
+    from nids.observability.log import PredictionLog
+    from nids.observability.records import PredictionBatch
 
 logger = logging.getLogger("nids.stream")
 
@@ -74,11 +80,12 @@ async def _run(settings: StreamSettings) -> int:
         return 2
     lifecycle.start(service_settings.model_sync_seconds)
     engine = HealingEngine.from_settings(service_settings)
+    log = open_prediction_log(service_settings)
     tune_collector()
     try:
         if settings.stream_metrics_port:
             prometheus_client.start_http_server(settings.stream_metrics_port)
-        worker = StreamWorker(settings, REGISTRY, engine)
+        worker = StreamWorker(settings, REGISTRY, engine, sink=log)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, worker.stop)
@@ -93,7 +100,52 @@ async def _run(settings: StreamSettings) -> int:
     finally:
         lifecycle.stop()
         engine.close()
+        if log is not None:
+            log.close()  # writes what is queued
     return 0
+
+
+class _Unlogged:
+    """Stands for a prediction log that could not be opened: counts what it is handed as lost."""
+
+    def record(self, batch: PredictionBatch) -> None:
+        from nids.stream.metrics import stream_metrics
+
+        stream_metrics().prediction_log_lost.labels("store_error").inc(len(batch))
+
+    def close(self) -> None:
+        return None
+
+
+def open_prediction_log(settings: Settings) -> PredictionLog | _Unlogged | None:
+    """The prediction log the service's replicas share (NIDS_PREDICTION_LOG_*), or None when it is disabled.
+
+    Like the service, the worker scores on when the log's store cannot be opened or written: what is not logged
+    is counted (nids_stream_prediction_log_lost_total) and logged, never silently dropped.
+    """
+    from nids.core.database import open_database
+    from nids.observability.log import PredictionLog
+    from nids.observability.store import PredictionStore
+    from nids.stream.metrics import stream_metrics
+
+    if not settings.prediction_log_enabled:
+        return None
+    lost = stream_metrics().prediction_log_lost
+    try:
+        database = open_database(settings.prediction_log_database_url)
+        store = PredictionStore(database, settings.prediction_log_table_prefix)
+    except Exception:
+        logger.exception("the prediction log cannot be opened: predictions are scored, and counted as lost")
+        return _Unlogged()
+    return PredictionLog(
+        store,
+        queue_rows=settings.prediction_log_queue_rows,
+        batch_rows=settings.prediction_log_batch_rows,
+        flush_seconds=settings.prediction_log_flush_seconds,
+        max_rows=settings.prediction_log_max_rows,
+        max_age_seconds=settings.prediction_log_max_age_days * 86_400,
+        on_lost=lambda reason, rows: lost.labels(reason).inc(rows),
+    )
 
 
 if __name__ == "__main__":

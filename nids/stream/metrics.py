@@ -35,6 +35,9 @@ class StreamMetrics:
             ["cause"],  # produce, audit
         )
         self.assigned = prom.Gauge("nids_stream_assigned_partitions", "Input partitions this worker owns")
+        self.prediction_log_lost = prom.Counter(
+            "nids_stream_prediction_log_lost", "Predictions the prediction log could not take or write", ["reason"]
+        )
         self.paused = prom.Gauge("nids_stream_paused", "1 while consumption is paused for back-pressure")
 
 

@@ -19,7 +19,7 @@ import gc
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -29,19 +29,16 @@ from nids.core import pipeline
 from nids.core.errors import InvalidInput
 from nids.core.model import ActiveModels
 from nids.core.pipeline import Healer
-from nids.core.schemas import AnalyzeFlow
 from nids.healing.audit import AuditUnavailable
 from nids.healing.engine import HealingEngine
 from nids.models.registry import ModelRegistry
+from nids.observability.records import PredictionBatch, PredictionSink
 from nids.stream.batches import MAX_BATCH_BYTES, BatchSender, Outbound, Pending
 from nids.stream.messages import PredictionEvent, Record, dead_letter_json, event_json, prediction_event, triage
 from nids.stream.metrics import stream_metrics
 from nids.stream.settings import StreamSettings
 
 logger = logging.getLogger("nids.stream")
-
-# The prediction log (issue 10) plugs in here: it gets every scored batch, flows and their events.
-PredictionSink = Callable[[Sequence[AnalyzeFlow], Sequence[PredictionEvent]], None]
 
 
 @dataclass
@@ -83,7 +80,8 @@ def score_batch(
     settings: StreamSettings,
     sink: PredictionSink | None = None,
 ) -> tuple[list[Outbound], int]:
-    """The CPU part of a batch: validate, score, decide, serialise. The messages to send, and how many are results."""
+    """The CPU part of a batch: validate, score, decide, log, serialise. The messages to send, and how many are
+    results. The batch's predictions go to `sink` (the prediction log, source "stream") once they are decided."""
     batch = triage(records)
     events: list[PredictionEvent] = []
     if batch.flows:
@@ -94,7 +92,7 @@ def score_batch(
             response = pipeline.analyze(models, heal, batch.flows)
         events = [prediction_event(r, result) for r, result in zip(batch.valid, response.results, strict=True)]
         if sink is not None:
-            sink(batch.flows, events)
+            sink.record(PredictionBatch.of_analysis(models, batch.flows, response, "stream"))
     messages = [
         Outbound(settings.kafka_results_topic, record.key, event_json(event))
         for record, event in zip(batch.valid, events, strict=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,6 +114,10 @@ def test_worker_scores_valid_records_and_dead_letters_invalid_ones(stream: Strea
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
     assert stream.committed() == {p: offset + 1 for p, offset in _last_offsets(valid_sources + invalid_sources)}
+    # every scored record is in the prediction log (issue 10), as coming from the stream; invalid ones are not
+    with sqlite3.connect(Path(stream.env["NIDS_DATA_DIR"]) / "predictions.sqlite3") as log:
+        logged = dict(log.execute("SELECT kind, count(*) FROM nids_predictions WHERE source = 'stream' GROUP BY kind"))
+    assert logged == {"threat": len(threat_sources) + len(context_sources), "attack": len(attack_sources)}
 
 
 def _last_offsets(sources: list[tuple[int, int]]) -> list[tuple[int, int]]:
