@@ -10,6 +10,8 @@ broker; with the CPU each of the three used per record, and what other processes
 in this process with the worker idle, the same records in-process: the model call alone (`predict_proba` on
 batches of the worker's size) and the worker's whole CPU path (nids.stream.worker.score_batch: decode,
 validate, models, self-healing, serialise). Prints Markdown; writes JSON under loadtest/results/benchmarks/.
+The worker inherits this process's environment: NIDS_PREDICTION_LOG_ENABLED=false measures it without the
+prediction log.
 """
 
 from __future__ import annotations
