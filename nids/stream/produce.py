@@ -12,6 +12,8 @@ JSON: a list of flows, an object holding one (a request fixture such as `{"flows
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pandas as pd
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
@@ -64,19 +65,20 @@ def _json_records(data: object) -> Iterator[dict[str, Any]]:
 
 
 def _csv_records(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     # cp1252 bytes of the original CIC-IDS2017 files sit in the label column only, which is never sent
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=limit, encoding_errors="replace")
-    fields = {}
-    for column in frame.columns:
-        if column in _FEATURE_COLUMNS:
-            fields[column] = _FEATURE_COLUMNS[column]
-        elif column.strip().lower() in CSV_CONTEXT_COLUMNS:
-            fields[column] = CSV_CONTEXT_COLUMNS[column.strip().lower()]
-    if not set(fields.values()) - set(CSV_CONTEXT_COLUMNS.values()):
-        raise ValueError(f"{path}: no column of the threat or the attack features")
-    columns = list(fields)
-    for row in frame[columns].itertuples(index=False, name=None):
-        yield {fields[column]: _value(text) for column, text in zip(columns, row, strict=True) if text != ""}
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as handle:
+        reader = csv.reader(handle)
+        fields: dict[int, str] = {}
+        for j, column in enumerate(next(reader, [])):
+            if column in _FEATURE_COLUMNS:
+                fields[j] = _FEATURE_COLUMNS[column]
+            elif column.strip().lower() in CSV_CONTEXT_COLUMNS:
+                fields[j] = CSV_CONTEXT_COLUMNS[column.strip().lower()]
+        if not set(fields.values()) - set(CSV_CONTEXT_COLUMNS.values()):
+            raise ValueError(f"{path}: no column of the threat or the attack features")
+        for line in islice(reader, limit):
+            yield {fields[j]: _value(text) for j, text in enumerate(line) if j in fields and text != ""}
 
 
 def _value(text: str) -> Any:
