@@ -209,9 +209,11 @@ class Lifecycle:
                 failure = ""
 
     def stop(self) -> None:
+        """Stop following switches and close the state store (a SQLite file is checkpointed and left whole)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.store.close()
 
     def sync(self) -> None:
         """Serve the recorded active versions: load what changed, verify, swap the pair atomically."""

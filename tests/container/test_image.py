@@ -20,7 +20,9 @@ from .conftest import FIXTURES, Image, report, volume_files
 
 pytestmark = pytest.mark.container
 
-AUDIT_FILE = "healing-audit.sqlite3"
+# the SQLite files the service keeps in NIDS_DATA_DIR: audit log, model lifecycle state, prediction log
+STATE_FILES = {"healing-audit.sqlite3", "model-lifecycle.sqlite3", "predictions.sqlite3"}
+ADMIN_TOKEN = "container-test-admin-token"
 MAX_IMAGE_BYTES = 700 * 10**6
 DISTRIBUTIONS = "import importlib.metadata as m; print(*sorted({d.metadata['Name'] for d in m.distributions()}))"
 
@@ -29,8 +31,9 @@ def fixture(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-def post(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
-    return client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+def post(client: httpx.Client, path: str, body: dict[str, Any], token: str | None = None) -> httpx.Response:
+    headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {token}"} if token else {})
+    return client.post(path, content=json.dumps(body), headers=headers)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +110,8 @@ def test_sigterm_finishes_the_request_in_flight_and_closes_the_audit_log(
     assert len(reply["analyze"].json()["results"]) == len(flows)
     assert docker("wait", container.name, timeout=60).stdout.strip() == "0"
     assert "Completed cleanup hook: close" in container.logs()
-    # the SQLite audit log was closed: its write-ahead log was checkpointed into the file and removed
-    assert volume_files(image, volume) == {AUDIT_FILE}
+    # every SQLite store was closed: its write-ahead log was checkpointed into the file and removed
+    assert volume_files(image, volume) == STATE_FILES
 
 
 def test_state_on_the_volume_survives_a_new_container(run_container: Callable[..., Container]) -> None:
@@ -132,16 +135,17 @@ def test_documented_environment_variables_are_honoured(run_container: Callable[.
         NIDS_DATA_DIR="/var/lib/nids/elsewhere",
         NIDS_MAX_ROWS_PER_REQUEST="3",
         NIDS_HEALING_ENFORCEMENT_STOPPED="true",
+        NIDS_ADMIN_TOKEN=ADMIN_TOKEN,
     )
     with container.client() as http:
         too_many = post(http, "/analyze", {"flows": fixture("analyze")["flows"] * 2})
         assert too_many.status_code == 413, too_many.text
-        resumed = post(http, "/healing_enforcement", {"enabled": True})
+        resumed = post(http, "/healing_enforcement", {"enabled": True}, token=ADMIN_TOKEN)
         assert resumed.status_code == 409 and "NIDS_HEALING_ENFORCEMENT_STOPPED" in resumed.json()["error"]
         assert post(http, "/self_heal", fixture("self_heal")).status_code == 200
     assert container.stop() == 0
     assert volume_files(image, volume) == {"elsewhere"}
-    assert volume_files(image, volume, "elsewhere") == {AUDIT_FILE}
+    assert volume_files(image, volume, "elsewhere") == STATE_FILES
 
     missing = run_container(wait="/livez", NIDS_THREAT_MODEL_TAG="threat_detector:doesnotexist")
     readyz = httpx.get(f"{missing.url}/readyz", timeout=5)
