@@ -20,13 +20,29 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
-from nids.core.errors import RequestTooLarge
+from nids.core.errors import InvalidInput, RequestTooLarge
 from nids.core.features import ATTACK_FEATURES
 from nids.core.settings import get_settings
 
 InfPolicy = Literal["zero", "error"]
+
+# Both models read float32: a finite value past FLOAT32_MAX would become inf in the matrix, a non-zero one below
+# the smallest normal float32 a denormal or 0. Neither is a measurement; both are refused (-0 is read as 0).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+_INFINITY_WORDS = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
+
+
+def _float32_error() -> PydanticCustomError:
+    return PydanticCustomError(
+        "float32_range",
+        "Input should be 0 or of magnitude within [{tiny}, {max}]: the models read 32-bit floats",
+        {"tiny": f"{FLOAT32_TINY:.4g}", "max": f"{FLOAT32_MAX:.4g}"},
+    )
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,10 @@ class FeatureRule:
             raise PydanticCustomError(
                 "out_of_range", "Input should be within {range}: {why}", {"range": self.describe(), "why": self.why}
             )
+        if value == 0:
+            return 0.0  # -0 as well
+        if not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+            raise _float32_error()
         return value
 
     def describe(self) -> str:
@@ -98,10 +118,20 @@ _ATTACK_SPECIAL: dict[str, FeatureRule] = {
 ATTACK_RULES: dict[str, FeatureRule] = {name: _ATTACK_SPECIAL.get(name, _NON_NEGATIVE) for name in ATTACK_FEATURES}
 
 
-def reject_bool(value: object) -> object:
-    """JSON true/false would silently become 1/0 in a float field: refuse it."""
+def number_input(value: object) -> object:
+    """What a float field refuses before parsing: booleans (JSON true/false would become 1/0), and integers or
+    numeric text too large for a float32 (`10**400`, "1e400": parsed, they would pass as infinity)."""
     if isinstance(value, bool):
         raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
+    if isinstance(value, int) and abs(value) > FLOAT32_MAX:
+        raise _float32_error()
+    if isinstance(value, str) and value.strip().lower() not in _INFINITY_WORDS:
+        try:
+            parsed = float(value)
+        except ValueError:
+            return value  # pydantic names the parsing rule
+        if math.isinf(parsed):
+            raise _float32_error()
     return value
 
 
@@ -120,3 +150,12 @@ def check_batched_row_count(rows: object) -> object:
     """The batched APIs answer within the latency budget only up to settings.max_rows_per_batched_request."""
     hint = "; split the request, or send bulk scoring to /analyze or /analyze_csv"
     return _check_rows(rows, get_settings().max_rows_per_batched_request, "NIDS_MAX_ROWS_PER_BATCHED_REQUEST", hint)
+
+
+def invalid_fields(error: ValidationError, *prefix: str) -> InvalidInput:
+    """A refused body as a 400 listing every location (under `prefix`, e.g. the parameter), rule and message;
+    never the input values."""
+    detail = error.errors(include_url=False, include_context=False, include_input=False)
+    for item in detail:
+        item["loc"] = [*prefix, *item["loc"]]
+    return InvalidInput(f"{len(detail)} invalid field(s) in the request", detail=detail)

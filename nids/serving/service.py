@@ -36,13 +36,14 @@ from nids.healing.engine import HealingEngine
 from nids.healing.schemas import ActionQuery, ActionRecord, EnforcementState
 from nids.models.artifacts import load_model
 from nids.models.registry import REGISTRY
-from nids.serving import bentoml_fixes, errors
+from nids.serving import bentoml_fixes, errors, parsing
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import RequestGuard
 
 logger = logging.getLogger("nids.service")
 bentoml_fixes.install()
 errors.install()
+parsing.install()  # JSON without duplicate keys; a file field only as an upload, never fetched (issue 12)
 
 # Declaring the media type of list outputs spares BentoML 1.4.39 from generating their whole JSON schema on every
 # response just to learn it is JSON (~1.5 ms of CPU per response, 40% of a single-flow request).

@@ -12,7 +12,7 @@ import bentoml
 import pandas as pd
 import prometheus_client
 import pytest
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from nids.core.actions import AttackEvent
 from nids.core.errors import InvalidInput, RequestTooLarge
@@ -160,9 +160,9 @@ def test_analyze_csv_upload(service: Any, tmp_path: Path) -> None:
 
 
 def test_analyze_csv_names_row_and_column_of_a_bad_cell(service: Any, tmp_path: Path) -> None:
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         service.analyze_csv(write_cic_csv(tmp_path / "flows.csv", 10, blank=(7, " Flow IAT Min")))
-    assert [tuple(e["loc"]) for e in caught.value.errors()] == [(7, "attack", " Flow IAT Min")]
+    assert [tuple(e["loc"]) for e in caught.value.detail] == [("file", 7, "attack", " Flow IAT Min")]
 
 
 def test_analyze_csv_refuses_a_file_that_is_not_utf8_text(service: Any, tmp_path: Path) -> None:
