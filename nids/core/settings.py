@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         default_factory=list, description="the service's own addresses (never blocked); the host name's are added"
     )
 
+    # --- hardening (issue 12): a locked audit store answers 503 in time, never holds a request for long ---------
+    healing_audit_lock_seconds: float = Field(
+        5.0, gt=0, le=25, description="how long an audit write waits for a locked database before answering 503"
+    )
+
     @field_validator("threat_model_tag", "attack_model_tag")
     @classmethod
     def _tag_has_name(cls, tag: str) -> str:

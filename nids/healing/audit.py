@@ -28,6 +28,7 @@ COLUMNS: tuple[str, ...] = tuple(ActionRecord.model_fields)
 _TIME_COLUMNS = frozenset({"created_at", "updated_at", "expires_at", "ended_at"})
 _REAL_COLUMNS = _TIME_COLUMNS | {"confidence"}
 LIVE_LIMIT = 100_000
+DEFAULT_LOCK_SECONDS = 5.0  # settings.healing_audit_lock_seconds
 Statement = tuple[str, Mapping[str, Any]]
 When = datetime | float
 
@@ -206,11 +207,18 @@ class SqliteAuditStore(AuditStore):
     unique_violation = sqlite3.IntegrityError
     driver_error = sqlite3.Error
 
-    def __init__(self, path: Path, table_prefix: str = "healing_", checkpoint_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        table_prefix: str = "healing_",
+        checkpoint_seconds: float = 1.0,
+        lock_seconds: float = DEFAULT_LOCK_SECONDS,
+    ) -> None:
         super().__init__(table_prefix)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        # a write waits at most lock_seconds for another writer, then fails (AuditUnavailable: 503)
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=lock_seconds)
         self._conn.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a committed decision survives a crash or restart of the process (not a power loss);
         # FULL's fsync per request put analyze's p99 over 100 ms at 100 req/s (BENCHMARKS.md)
@@ -251,20 +259,23 @@ class SqliteAuditStore(AuditStore):
 class PostgresAuditStore(AuditStore):
     """Shared log for several replicas: PostgreSQL through psycopg 3 (reconnects when the connection broke)."""
 
-    def __init__(self, url: str, table_prefix: str = "healing_") -> None:
+    def __init__(self, url: str, table_prefix: str = "healing_", lock_seconds: float = DEFAULT_LOCK_SECONDS) -> None:
         super().__init__(table_prefix)
         import psycopg  # only deployments with PostgreSQL need the driver loaded
 
         self.unique_violation = psycopg.errors.UniqueViolation
         self.driver_error = psycopg.Error
         self.url = url
+        self.lock_ms = int(lock_seconds * 1000)
         self._conn = self._connect()
         self.create_schema()
 
     def _connect(self) -> Any:
         import psycopg  # only deployments with PostgreSQL need the driver loaded
 
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        # a statement waits at most lock_seconds for a row or table lock, then fails (AuditUnavailable: 503)
+        options = f"-c lock_timeout={self.lock_ms}"
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=10, options=options)
 
     def _execute(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -280,9 +291,11 @@ class PostgresAuditStore(AuditStore):
             self._conn.close()
 
 
-def open_audit_store(url: AnyUrl | str, table_prefix: str = "healing_") -> AuditStore:
+def open_audit_store(
+    url: AnyUrl | str, table_prefix: str = "healing_", lock_seconds: float = DEFAULT_LOCK_SECONDS
+) -> AuditStore:
     """`sqlite:///relative/or//absolute/path.sqlite3` or `postgresql://user@host:port/db`."""
     url = TypeAdapter(DatabaseUrl).validate_python(url) if isinstance(url, str) else url
     if url.scheme == "sqlite":
-        return SqliteAuditStore(sqlite_path(url), table_prefix)
-    return PostgresAuditStore(str(url), table_prefix)
+        return SqliteAuditStore(sqlite_path(url), table_prefix, lock_seconds=lock_seconds)
+    return PostgresAuditStore(str(url), table_prefix, lock_seconds=lock_seconds)

@@ -132,7 +132,9 @@ class HealingEngine:
     def from_settings(cls, settings: Settings) -> HealingEngine:
         """Load and validate the policy (PolicyError stops startup), open the audit log, start the workers."""
         policy = load_policy(settings.healing_policy_file)
-        store = open_audit_store(settings.audit_url, settings.healing_audit_table_prefix)
+        store = open_audit_store(
+            settings.audit_url, settings.healing_audit_table_prefix, settings.healing_audit_lock_seconds
+        )
         return cls(
             policy,
             store,

@@ -39,6 +39,7 @@ from nids.models.registry import REGISTRY
 from nids.serving import bentoml_fixes, errors, parsing
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import RequestGuard
+from nids.serving.offload import off_inference
 
 logger = logging.getLogger("nids.service")
 bentoml_fixes.install()
@@ -97,19 +98,24 @@ class NIDSService:
         """Attack type of CICFlowMeter flows (42 features)."""
         return pipeline.classify_attacks(self.models.active(), flows, self.metrics)
 
+    # The APIs below touch the audit store or parse uploads: async, their work on threads of their own
+    # (nids.serving.offload), so a locked or slow audit database never delays detect_threat/classify_attack.
     @bentoml.api
-    def self_heal(self, events: AttackEvents) -> Annotated[list[HealingAction], JSON]:
+    async def self_heal(self, events: AttackEvents) -> Annotated[list[HealingAction], JSON]:
         """Self-healing decision for each attack event (recorded in the audit log; dry-run by default)."""
-        return pipeline.self_heal(self.healing.handle, events, self.metrics)
+        return await off_inference(pipeline.self_heal, self.healing.handle, events, self.metrics)
 
     @bentoml.api
-    def analyze(self, flows: AnalyzeFlows) -> AnalyzeResponse:
+    async def analyze(self, flows: AnalyzeFlows) -> AnalyzeResponse:
         """The whole pipeline per flow: threat verdict, attack type and action, plus a summary."""
-        return pipeline.analyze(self.models.active(), self.healing.handle, flows, self.metrics)
+        return await off_inference(pipeline.analyze, self.models.active(), self.healing.handle, flows, self.metrics)
 
     @bentoml.api
-    def analyze_csv(self, file: Path) -> AnalyzeResponse:
+    async def analyze_csv(self, file: Path) -> AnalyzeResponse:
         """`analyze` for an uploaded CSV (CICFlowMeter or NSL-KDD columns)."""
+        return await off_inference(self._analyze_csv, file)
+
+    def _analyze_csv(self, file: Path) -> AnalyzeResponse:
         settings = get_settings()
         flows, ignored = pipeline.read_csv(
             file, max_rows=settings.max_rows_per_request, max_bytes=settings.max_csv_bytes
@@ -129,26 +135,29 @@ class NIDSService:
 
     # --- self-healing audit log and stop switch (docs/self-healing.md) --------------------------------------
     @bentoml.api(input_spec=ActionQuery)
-    def healing_actions(self, **filters: Any) -> Annotated[list[ActionRecord], JSON]:
+    async def healing_actions(self, **filters: Any) -> Annotated[list[ActionRecord], JSON]:
         """Audit log of self-healing decisions, newest first, filtered by type, status, address and time."""
-        return self.healing.list_actions(**filters)
+        return await off_inference(self.healing.list_actions, **filters)
 
     @bentoml.api
-    def healing_action(self, action_id: str) -> ActionRecord:
+    async def healing_action(self, action_id: str) -> ActionRecord:
         """One audit record: the decision, its context and what became of it (404 if unknown)."""
-        record = self.healing.get_action(action_id)
+        record = await off_inference(self.healing.get_action, action_id)
         if record is None:
             raise NotFound(f"no self-healing action with id {action_id!r}")
         return record
 
     @bentoml.api
-    def healing_revert(self, action_id: str) -> ActionRecord:
+    async def healing_revert(self, action_id: str) -> ActionRecord:
         """Undo an action (e.g. lift a block); 404 if unknown, 409 if it already ended or nothing ran."""
-        return self.healing.revert(action_id)
+        return await off_inference(self.healing.revert, action_id)
 
     @bentoml.api
-    def healing_enforcement(self, enabled: bool) -> EnforcementState:
+    async def healing_enforcement(self, enabled: bool) -> EnforcementState:
         """The stop switch: `false` stops all enforcement at once (every replica sharing the audit log)."""
+        return await off_inference(self._set_enforcement, enabled)
+
+    def _set_enforcement(self, enabled: bool) -> EnforcementState:
         self.healing.set_enforcement(enabled)  # Conflict (409) while NIDS_HEALING_ENFORCEMENT_STOPPED is set
         return EnforcementState(enforcement_enabled=self.healing.enforcement_enabled)
 
