@@ -100,6 +100,10 @@ class AuditStore(ABC):
                 (f"CREATE TABLE IF NOT EXISTS {self.actions} ({columns})", {}),
                 (f"CREATE INDEX IF NOT EXISTS {self.actions}_created ON {self.actions} (created_at)", {}),
                 (f"CREATE INDEX IF NOT EXISTS {self.actions}_src ON {self.actions} (src_ip, action_type)", {}),
+                (  # rate limits, shared by every process: decisions per action type within a window
+                    f"CREATE INDEX IF NOT EXISTS {self.actions}_by_type ON {self.actions} (action_type, created_at)",
+                    {},
+                ),
                 (  # live blocks (sweeps, restores) without scanning every decision ever recorded
                     f"CREATE INDEX IF NOT EXISTS {self.actions}_live_blocks ON {self.actions} (expires_at) "
                     "WHERE action_type = 'block_ip' AND parent_id IS NULL AND ended_at IS NULL",
@@ -168,6 +172,42 @@ class AuditStore(ABC):
             "WHERE action_id = :action_id AND status = :old RETURNING action_id"
         )
         return bool(self._run([(sql, {"action_id": action_id, "old": old, "new": new, "now": epoch(now)})]))
+
+    def count_recent(self, windows: Mapping[str, When]) -> dict[str, int]:
+        """Per action type, the decisions since its window start that used the rate limit (not rate-limited, not
+        extensions): the limits hold across every process and replica sharing the log."""
+        if not windows:
+            return {}
+        params: dict[str, Any] = {}
+        clauses = []
+        for i, (action_type, since) in enumerate(windows.items()):
+            clauses.append(f"(action_type = :type{i} AND created_at > :since{i})")
+            params |= {f"type{i}": action_type, f"since{i}": epoch(since)}
+        sql = (
+            f"SELECT action_type, COUNT(*) FROM {self.actions} WHERE ({' OR '.join(clauses)}) "
+            "AND parent_id IS NULL AND status != 'rate_limited' GROUP BY action_type"
+        )
+        counts = dict.fromkeys(windows, 0)
+        counts.update({action_type: int(n) for action_type, n in self._run([(sql, params)])})
+        return counts
+
+    def extend_block(self, action_id: str, expires_at: When, now: When) -> bool:
+        """Push a live block's expiry; False when it ended meanwhile (e.g. an expiry sweep lifted it first)."""
+        sql = (
+            f"UPDATE {self.actions} SET expires_at = :expires_at, updated_at = :now "
+            "WHERE action_id = :action_id AND ended_at IS NULL RETURNING action_id"
+        )
+        params = {"action_id": action_id, "expires_at": epoch(expires_at), "now": epoch(now)}
+        return bool(self._run([(sql, params)]))
+
+    def claim_expiry(self, action_id: str, now: When) -> bool:
+        """Mark a due block as ending, atomically with its expiry check: False when it was extended (or ended)
+        meanwhile. A block extension and an expiry sweep can never both win."""
+        sql = (
+            f"UPDATE {self.actions} SET ended_at = :now "
+            "WHERE action_id = :action_id AND ended_at IS NULL AND expires_at <= :now RETURNING action_id"
+        )
+        return bool(self._run([(sql, {"action_id": action_id, "now": epoch(now)})]))
 
     def _live_blocks(self, extra: str, params: Mapping[str, Any]) -> list[ActionRecord]:
         """Blocks holding an address (or that would, in dry_run): not ended, not an extension."""
