@@ -6,6 +6,7 @@ message naming the variable. Every layer takes what it needs from this one objec
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,6 +23,16 @@ DatabaseUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["sqlite", "postg
 def sqlite_path(url: AnyUrl) -> Path:
     """The file of a sqlite:/// URL (three slashes: relative; four: absolute)."""
     return Path((url.path or "").removeprefix("/"))
+
+
+# Inside a BentoML container (BENTOML_CONTAINERIZED=true) the state lives at an absolute path meant for a volume
+# (`docker run -v nids-data:/var/lib/nids ...`), so the audit log and live blocks survive the container.
+CONTAINER_DATA_DIR = Path("/var/lib/nids")
+
+
+def default_data_dir() -> Path:
+    """`var` (relative to the working directory) on a host; CONTAINER_DATA_DIR in a BentoML container."""
+    return CONTAINER_DATA_DIR if os.environ.get("BENTOML_CONTAINERIZED", "").lower() == "true" else Path("var")
 
 
 class Settings(BaseSettings):
@@ -47,7 +58,7 @@ class Settings(BaseSettings):
     )
 
     # --- data directory (audit log, state) ------------------------------------------------------------
-    data_dir: Path = Field(Path("var"), description="where the service keeps its own state")
+    data_dir: Path = Field(default_factory=default_data_dir, description="where the service keeps its own state")
 
     # --- self-healing (docs/self-healing.md) ------------------------------------------------------------
     healing_policy_file: Path = Field(Path("config/healing.yaml"), description="attack type -> action policy")
