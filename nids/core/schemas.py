@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    PlainValidator,
     RootModel,
     Tag,
     create_model,
@@ -37,18 +37,16 @@ from nids.core.validation import (
     FeatureRule,
     check_batched_row_count,
     check_row_count,
-    number_input,
 )
 
 FlowKind = Literal["threat", "attack"]
 
 
 def _number(rule: FeatureRule, description: str, **alias: Any) -> Any:
-    """A float field checked against `rule` (NaN, +/-inf policy, range, float32); booleans refused."""
+    """A float field parsed and checked by `rule` in one call (NaN, +/-inf policy, range, float32, booleans)."""
     return Annotated[
         float,
-        BeforeValidator(number_input),
-        AfterValidator(rule.check),
+        PlainValidator(rule.parse, json_schema_input_type=float),
         Field(
             description=f"{description}; {rule.describe()}: {rule.why}", json_schema_extra=rule.json_schema(), **alias
         ),

@@ -54,6 +54,26 @@ class FeatureRule:
     why: str
     inf: InfPolicy = "zero"
 
+    def parse(self, value: object) -> float:
+        """A request value (JSON number, or text as in CSV uploads) as the float to use, checked against the rule.
+
+        One call per field does what pydantic's float parsing and two validators did (half the cost per flow), with
+        the same rule types and messages: booleans, integers or text too large for a float32 (`10**400`,
+        "1e400", which parsed would pass as infinity), non-numbers.
+        """
+        kind = type(value)
+        if kind is float:
+            return self.check(value)  # type: ignore[arg-type]
+        if kind is int:
+            if abs(value) > FLOAT32_MAX:  # type: ignore[arg-type]
+                raise _float32_error()
+            return self.check(float(value))  # type: ignore[arg-type]
+        if kind is bool:
+            raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
+        if isinstance(value, str):
+            return self.check(_parse_text(value))
+        raise PydanticCustomError("float_type", "Input should be a valid number")
+
     def check(self, value: float) -> float:
         """The value to use, or PydanticCustomError naming the rule it breaks."""
         if math.isnan(value):
@@ -118,21 +138,17 @@ _ATTACK_SPECIAL: dict[str, FeatureRule] = {
 ATTACK_RULES: dict[str, FeatureRule] = {name: _ATTACK_SPECIAL.get(name, _NON_NEGATIVE) for name in ATTACK_FEATURES}
 
 
-def number_input(value: object) -> object:
-    """What a float field refuses before parsing: booleans (JSON true/false would become 1/0), and integers or
-    numeric text too large for a float32 (`10**400`, "1e400": parsed, they would pass as infinity)."""
-    if isinstance(value, bool):
-        raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
-    if isinstance(value, int) and abs(value) > FLOAT32_MAX:
+def _parse_text(text: str) -> float:
+    """A number written as text; "inf"/"Infinity" are infinity, but a finite literal past float64 is refused."""
+    try:
+        number = float(text) if "_" not in text else math.nan  # Python's digit separators are no number format
+    except ValueError:
+        number = math.nan
+    if math.isnan(number) and text.strip().lower() != "nan":
+        raise PydanticCustomError("float_parsing", "Input should be a valid number, unable to parse string as a number")
+    if math.isinf(number) and text.strip().lower() not in _INFINITY_WORDS:
         raise _float32_error()
-    if isinstance(value, str) and value.strip().lower() not in _INFINITY_WORDS:
-        try:
-            parsed = float(value)
-        except ValueError:
-            return value  # pydantic names the parsing rule
-        if math.isinf(parsed):
-            raise _float32_error()
-    return value
+    return number
 
 
 def _check_rows(rows: object, limit: int, setting: str, hint: str = "") -> object:
