@@ -35,6 +35,11 @@ def default_data_dir() -> Path:
     return CONTAINER_DATA_DIR if os.environ.get("BENTOML_CONTAINERIZED", "").lower() == "true" else Path("var")
 
 
+def default_workers() -> int:
+    """One worker per core but one (each scores on one ONNX thread); 1 on a machine with 2 cores or fewer."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NIDS_", env_file=".env", extra="ignore")
 
@@ -69,6 +74,11 @@ class Settings(BaseSettings):
     healing_enforcement_stopped: bool = Field(False, description="stop switch: nothing is enforced while true")
     healing_own_addresses: list[str] = Field(
         default_factory=list, description="the service's own addresses (never blocked); the host name's are added"
+    )
+
+    # --- workers (issue 12): one process per core left to the ingress and clients; ONNX runs one thread each ----
+    workers: int = Field(
+        default_factory=default_workers, gt=0, description="`bentoml serve` worker processes (default: cores - 1)"
     )
 
     # --- hardening (issue 12): a locked audit store answers 503 in time, never holds a request for long ---------

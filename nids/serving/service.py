@@ -64,7 +64,9 @@ class PingReply(BaseModel):
     flows: int = Field(description="how many flows the request carried")
 
 
-@bentoml.service(name="nids", traffic={"timeout": 30})
+# several workers where the machine has the cores (NIDS_WORKERS): every worker shares the audit log, its rate
+# limits and stop switch, and exactly one worker lifts each expired block (nids/healing/engine.py)
+@bentoml.service(name="nids", traffic={"timeout": 30}, workers=get_settings().workers)
 class NIDSService:
     def __init__(self) -> None:
         settings = get_settings()

@@ -27,3 +27,12 @@ def test_nids_data_dir_still_wins_in_a_container(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("BENTOML_CONTAINERIZED", "true")
     monkeypatch.setenv("NIDS_DATA_DIR", "/srv/nids")
     assert Settings(_env_file=None).data_dir == Path("/srv/nids")
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(None, 1), (1, 1), (2, 1), (4, 3), (16, 15)])
+def test_several_workers_where_the_machine_has_the_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int | None, workers: int
+) -> None:
+    monkeypatch.delenv("NIDS_WORKERS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert Settings(_env_file=None).workers == workers

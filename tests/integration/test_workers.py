@@ -1,0 +1,40 @@
+"""Several workers share one audit log: its rate limits hold for the whole service, not per process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import Server
+
+pytestmark = [pytest.mark.integration]
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+THREAT_BODY = json.loads((FIXTURES / "detect_threat.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def server(model_store: Any, serve: Callable[..., Server]) -> Server:
+    return serve(model_store.home, NIDS_WORKERS="2")
+
+
+def test_two_workers_serve_and_share_the_restart_rate_limit(server: Server) -> None:
+    """config/healing.yaml allows 1 restart_service per 300 s: across every request, whichever worker takes it."""
+    log = server.log.read_text()
+    assert "[entry_service:nids:1] Service nids initialized" in log
+    assert "[entry_service:nids:2] Service nids initialized" in log
+    actions = []
+    for _ in range(8):  # a fresh connection each time, so both workers take requests
+        assert httpx.post(f"{server.url}/detect_threat", json=THREAT_BODY).status_code == 200
+        response = httpx.post(f"{server.url}/self_heal", json={"events": [{"attack_type": "DDoS", "confidence": 0.99}]})
+        assert response.status_code == 200, response.text
+        actions.extend(response.json())
+    assert [action["action_type"] for action in actions].count("restart_service") == 1
+    assert all(
+        "rate limit of restart_service reached" in a["reason"] for a in actions if a["action_type"] != "restart_service"
+    )
