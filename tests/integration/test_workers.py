@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import Server
+from .conftest import STARTUP_SECONDS, Server
 
 pytestmark = [pytest.mark.integration]
 
@@ -25,9 +26,11 @@ def server(model_store: Any, serve: Callable[..., Server]) -> Server:
 
 def test_two_workers_serve_and_share_the_restart_rate_limit(server: Server) -> None:
     """config/healing.yaml allows 1 restart_service per 300 s: across every request, whichever worker takes it."""
-    log = server.log.read_text()
-    assert "[entry_service:nids:1] Service nids initialized" in log
-    assert "[entry_service:nids:2] Service nids initialized" in log
+    started = {f"[entry_service:nids:{worker}] Service nids initialized" for worker in (1, 2)}
+    deadline = time.monotonic() + STARTUP_SECONDS  # /livez answers once the first worker is up
+    while not all(line in server.log.read_text() for line in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(line in server.log.read_text() for line in started), "both workers start"
     actions = []
     for _ in range(8):  # a fresh connection each time, so both workers take requests
         assert httpx.post(f"{server.url}/detect_threat", json=THREAT_BODY).status_code == 200
