@@ -57,9 +57,10 @@ class FeatureRule:
     def parse(self, value: object) -> float:
         """A request value (JSON number, or text as in CSV uploads) as the float to use, checked against the rule.
 
-        One call per field does what pydantic's float parsing and two validators did (half the cost per flow), with
-        the same rule types and messages: booleans, integers or text too large for a float32 (`10**400`,
-        "1e400", which parsed would pass as infinity), non-numbers.
+        One call per field does what pydantic's float parsing and two validators did, with the same rule types and
+        messages: booleans, integers or text too large for a float32 (`10**400`, "1e400", which parsed would pass
+        as infinity), non-numbers. Measured on 1,000 attack flows: 15.3 us per flow against 18.5 with two
+        validators, and 14.6 before the float32 checks existed.
         """
         kind = type(value)
         if kind is float:
