@@ -173,23 +173,24 @@ class AuditStore(ABC):
         )
         return bool(self._run([(sql, {"action_id": action_id, "old": old, "new": new, "now": epoch(now)})]))
 
-    def count_recent(self, windows: Mapping[str, When]) -> dict[str, int]:
-        """Per action type, the decisions since its window start that used the rate limit (not rate-limited, not
-        extensions): the limits hold across every process and replica sharing the log."""
+    def count_recent(self, windows: Mapping[str, tuple[When, int]]) -> dict[str, int]:
+        """Per action type (its window start, its limit), the decisions since then that used the rate limit (not
+        rate-limited, not extensions), counted up to the limit: the limits hold across every process and replica
+        sharing the log, and each count reads at most about `limit` rows of the (action_type, created_at) index
+        however many rate-limited decisions the window holds."""
         if not windows:
             return {}
         params: dict[str, Any] = {}
-        clauses = []
-        for i, (action_type, since) in enumerate(windows.items()):
-            clauses.append(f"(action_type = :type{i} AND created_at > :since{i})")
-            params |= {f"type{i}": action_type, f"since{i}": epoch(since)}
-        sql = (
-            f"SELECT action_type, COUNT(*) FROM {self.actions} WHERE ({' OR '.join(clauses)}) "
-            "AND parent_id IS NULL AND status != 'rate_limited' GROUP BY action_type"
-        )
-        counts = dict.fromkeys(windows, 0)
-        counts.update({action_type: int(n) for action_type, n in self._run([(sql, params)])})
-        return counts
+        selects = []
+        for i, (action_type, (since, limit)) in enumerate(windows.items()):
+            selects.append(
+                f"SELECT {i} AS i, COUNT(*) AS n FROM (SELECT 1 FROM {self.actions} "
+                f"WHERE action_type = :type{i} AND created_at > :since{i} AND parent_id IS NULL "
+                f"AND status != 'rate_limited' LIMIT :limit{i}) AS w{i}"
+            )
+            params |= {f"type{i}": action_type, f"since{i}": epoch(since), f"limit{i}": limit}
+        counts = dict(self._run([(" UNION ALL ".join(selects), params)]))
+        return {action_type: int(counts.get(i, 0)) for i, action_type in enumerate(windows)}
 
     def extend_block(self, action_id: str, expires_at: When, now: When) -> bool:
         """Push a live block's expiry; False when it ended meanwhile (e.g. an expiry sweep lifted it first)."""

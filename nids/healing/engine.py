@@ -54,7 +54,8 @@ class RateQuota:
 
     def __init__(self, policy: Policy, store: AuditStore, now: float) -> None:
         self.limits = policy.rate_limits
-        self.used = store.count_recent({name: now - limit.per_seconds for name, limit in self.limits.items()})
+        windows = {name: (now - limit.per_seconds, limit.max_actions) for name, limit in self.limits.items()}
+        self.used = store.count_recent(windows)
 
     def allow(self, action_type: ActionType) -> bool:
         limit = self.limits.get(action_type)

@@ -149,5 +149,7 @@ def test_extension_and_expiry_claim_exclude_each_other_in_both_stores(store: Aud
     claimed_first = _block(store, T0 + 100)
     assert store.claim_expiry(claimed_first, T0 + 150)
     assert not store.extend_block(claimed_first, T0 + 400, T0 + 150), "claimed: ending, never extended"
-    counts = store.count_recent({"block_ip": T0 - 1, "restart_service": T0 - 1})
+    counts = store.count_recent({"block_ip": (T0 - 1, 10), "restart_service": (T0 - 1, 10)})
     assert counts == {"block_ip": 2, "restart_service": 0}
+    assert store.count_recent({"block_ip": (T0 - 1, 1)}) == {"block_ip": 1}, "counted up to the limit"
+    assert store.count_recent({"block_ip": (T0, 10)}) == {"block_ip": 0}, "only inside the window"
