@@ -3,8 +3,9 @@
 Steady mixed traffic (the `analyze` scenario: 1-4 held-out flows per request, threat and attack flows mixed, so
 every request also decides and audits self-healing actions) for a long run, with the resident memory of the
 whole `bentoml serve` process tree sampled every few seconds. Passes with 0 failed requests and the memory at
-the end within 10% of the memory after the first minute (the warm-up). Not a CI test: it takes its full length.
-Prints Markdown; Locust's results are kept under loadtest/results/benchmarks/soak-<time>/.
+the end within 10% of the memory after the first minute (the warm-up); the latency and the achieved rate are
+reported (Locust's verdict against the 100 ms SLA) but are not the soak's criteria. Not a CI test: it takes
+its full length. Prints Markdown; Locust's results are kept under loadtest/results/benchmarks/soak-<time>/.
 """
 
 from __future__ import annotations
@@ -73,14 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     warm = next(rss for seconds, rss in samples if seconds >= WARM_UP_SECONDS)
     end = samples[-1][1]
     growth = end / warm - 1
-    passed = verdict.passed and growth <= MEMORY_TOLERANCE
+    overall = json.loads((directory / "summary.json").read_text())["overall"]
+    passed = overall["requests"] > 0 and overall["failures"] == 0 and growth <= MEMORY_TOLERANCE
     report = {
         "minutes": args.minutes,
         "rate": args.rate,
         "memory_after_warm_up_mb": round(warm / 2**20, 1),
         "memory_at_end_mb": round(end / 2**20, 1),
         "memory_growth": round(growth, 4),
-        "load_verdict": {"passed": verdict.passed, "reasons": verdict.reasons},  # 0 failures, p99 < 100 ms
+        "requests": overall["requests"],
+        "failures": overall["failures"],
+        "p99_ms": overall["p99"],
+        "sla_verdict": {"passed": verdict.passed, "reasons": verdict.reasons},
         "passed": passed,
         "samples": [(round(seconds), rss) for seconds, rss in samples],
     }
@@ -88,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     print(
         f"\nServer memory (process tree RSS): {report['memory_after_warm_up_mb']} MB after the first minute, "
-        f"{report['memory_at_end_mb']} MB at the end ({growth:+.1%}; limit +{MEMORY_TOLERANCE:.0%}). "
+        f"{report['memory_at_end_mb']} MB at the end ({growth:+.1%}; limit +{MEMORY_TOLERANCE:.0%}); "
+        f"{overall['failures']} failures in {overall['requests']:,} requests. "
         f"{'PASS' if passed else 'FAIL'}. Results: {directory}"
     )
     return 0 if passed else 1
