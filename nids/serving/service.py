@@ -31,7 +31,7 @@ from nids.core.schemas import (
     ThreatFlows,
     ThreatPrediction,
 )
-from nids.core.settings import get_settings
+from nids.core.settings import Settings, get_settings
 from nids.healing.engine import HealingEngine
 from nids.healing.schemas import ActionQuery, ActionRecord, EnforcementState
 from nids.models.artifacts import load_model
@@ -65,8 +65,9 @@ class PingReply(BaseModel):
 
 
 # several workers where the machine has the cores (NIDS_WORKERS): every worker shares the audit log, its rate
-# limits and stop switch, and exactly one worker lifts each expired block (nids/healing/engine.py)
-@bentoml.service(name="nids", traffic={"timeout": 30}, workers=get_settings().workers)
+# limits and stop switch, and exactly one worker lifts each expired block (nids/healing/engine.py). Read with
+# Settings() at import, for the decorator, so get_settings() is still first read where the service starts.
+@bentoml.service(name="nids", traffic={"timeout": 30}, workers=Settings().workers)
 class NIDSService:
     def __init__(self) -> None:
         settings = get_settings()
