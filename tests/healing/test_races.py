@@ -153,3 +153,32 @@ def test_extension_and_expiry_claim_exclude_each_other_in_both_stores(store: Aud
     assert counts == {"block_ip": 2, "restart_service": 0}
     assert store.count_recent({"block_ip": (T0 - 1, 1)}) == {"block_ip": 1}, "counted up to the limit"
     assert store.count_recent({"block_ip": (T0, 10)}) == {"block_ip": 0}, "only inside the window"
+
+
+def test_a_block_that_cannot_be_recorded_is_never_applied(tmp_path, clock, runner):
+    """Audit store locked by another writer: handle fails (503 for the caller), nothing is queued or executed."""
+    import sqlite3
+
+    from nids.healing import HealingEngine
+    from nids.healing.audit import AuditUnavailable, SqliteAuditStore
+    from nids.healing.executors import default_executors
+
+    policy = make_policy(enforce=["block_ip"])
+    store = SqliteAuditStore(tmp_path / "audit.sqlite3", lock_seconds=0.2)
+    engine = HealingEngine(policy, store, default_executors(policy, runner), clock=clock, sweep_seconds=None)
+    writer = sqlite3.connect(tmp_path / "audit.sqlite3", isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(AuditUnavailable, match="database is locked") as caught:
+            engine.handle([ssh()])
+        assert caught.value.status_code == 503
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    engine.wait_idle()
+    assert runner.calls == [] and engine.list_actions() == []
+    (block,) = engine.handle([ssh()])  # once the store answers, the same event is decided and applied
+    engine.wait_idle()
+    assert block.status == "queued" and runner.calls[0][0] == "nft"
+    assert engine.get_action(block.action_id).status == "executed"
+    engine.close()
