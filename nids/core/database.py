@@ -67,11 +67,12 @@ class SqliteDatabase(Database):
     unique_violation = sqlite3.IntegrityError
     driver_error = sqlite3.Error
 
-    def __init__(self, path: Path, checkpoint_seconds: float = 1.0) -> None:
+    def __init__(self, path: Path, checkpoint_seconds: float = 1.0, lock_seconds: float = 30.0) -> None:
         super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        # a write waits at most lock_seconds for another writer, then fails with the driver's error
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=lock_seconds)
         self._conn.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a committed row survives a crash or restart of the process (not a power loss);
         # FULL's fsync per request put analyze's p99 over 100 ms at 100 req/s (BENCHMARKS.md)
@@ -120,7 +121,7 @@ class PostgresDatabase(Database):
 
     dialect: Dialect = "postgresql"
 
-    def __init__(self, url: str, connect_timeout: int = 10) -> None:
+    def __init__(self, url: str, connect_timeout: int = 10, lock_seconds: float | None = None) -> None:
         super().__init__()
         import psycopg  # only deployments with PostgreSQL need the driver loaded
 
@@ -128,12 +129,14 @@ class PostgresDatabase(Database):
         self.driver_error = psycopg.Error
         self.url = url
         self.connect_timeout = connect_timeout
+        # a statement waits at most lock_seconds for a row or table lock, then fails with the driver's error
+        self.options = "" if lock_seconds is None else f"-c lock_timeout={int(lock_seconds * 1000)}"
         self._conn = self._connect()
 
     def _connect(self) -> Any:
         import psycopg
 
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout, options=self.options)
 
     def _connection(self) -> Any:
         if self._conn.broken or self._conn.closed:
@@ -166,9 +169,12 @@ def _pyformat(sql: str) -> str:
     return re.sub(r":(\w+)", r"%(\1)s", sql)
 
 
-def open_database(url: AnyUrl | str) -> Database:
-    """`sqlite:///relative/or//absolute/path.sqlite3` or `postgresql://user@host:port/db`."""
+def open_database(url: AnyUrl | str, lock_seconds: float | None = None) -> Database:
+    """`sqlite:///relative/or//absolute/path.sqlite3` or `postgresql://user@host:port/db`.
+
+    `lock_seconds` bounds how long a statement waits for another writer's lock before it fails (SQLite: 30 s
+    when not given; PostgreSQL: no bound)."""
     url = TypeAdapter(DatabaseUrl).validate_python(url) if isinstance(url, str) else url
     if url.scheme == "sqlite":
-        return SqliteDatabase(sqlite_path(url))
-    return PostgresDatabase(str(url))
+        return SqliteDatabase(sqlite_path(url), lock_seconds=30.0 if lock_seconds is None else lock_seconds)
+    return PostgresDatabase(str(url), lock_seconds=lock_seconds)

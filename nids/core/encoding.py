@@ -28,6 +28,11 @@ def category_code(value: str | int, categories: Sequence[str]) -> int:
     return int(value)
 
 
+def is_unknown_name(value: str | int, categories: Sequence[str]) -> bool:
+    """True for a name the model has no code for (it is scored as UNKNOWN_CODE, as in training)."""
+    return isinstance(value, str) and value not in _codes(tuple(categories))
+
+
 @lru_cache(maxsize=32)
 def _codes(categories: tuple[str, ...]) -> dict[str, int]:
     """name -> code (its first index) of one ordered category list."""

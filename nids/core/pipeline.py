@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from nids.core.actions import AttackEvent, HealingAction
-from nids.core.encoding import to_matrix
+from nids.core.encoding import is_unknown_name, to_matrix
 from nids.core.errors import InvalidInput, RequestTooLarge
 from nids.core.features import THREAT_CATEGORICAL, THREAT_FEATURES
 from nids.core.schemas import (
@@ -36,6 +36,7 @@ from nids.core.schemas import (
     ThreatPrediction,
     flow_kind,
 )
+from nids.core.validation import invalid_fields
 
 if TYPE_CHECKING:
     from nids.core.model import ActiveModels, LoadedModel
@@ -48,6 +49,8 @@ class Observer(Protocol):
     """Told what was predicted and decided (e.g. to count it); every method is called once per batch."""
 
     def count_threats(self, is_attack: np.ndarray) -> None: ...
+
+    def count_unknown_categories(self, feature: str, flows: int) -> None: ...
 
     def count_attacks(self, codes: np.ndarray, class_names: Sequence[str]) -> None: ...
 
@@ -111,8 +114,11 @@ def detect_threats(
     scores = probabilities(model, flows)[:, 1]
     threshold = float(model.threshold if model.threshold is not None else 0.5)  # none recorded: argmax
     is_attack = scores >= threshold
+    unknown = unknown_categories(model, flows)
     if observer is not None:
         observer.count_threats(is_attack)
+        for feature, n in Counter(name for names in unknown for name in names).items():
+            observer.count_unknown_categories(feature, n)
     return [
         ThreatPrediction(
             **flow.context(),
@@ -120,8 +126,18 @@ def detect_threats(
             is_attack=bool(attack),
             threshold=threshold,
             model_version=model.tag,
+            unknown_categories=names,
         )
-        for flow, score, attack in zip(flows, scores, is_attack, strict=True)
+        for flow, score, attack, names in zip(flows, scores, is_attack, unknown, strict=True)
+    ]
+
+
+def unknown_categories(model: LoadedModel, flows: Sequence[ThreatFlow]) -> list[list[str]]:
+    """Per flow, the categorical features whose name the model does not know (scored as the unknown code)."""
+    encoders = {feature: model.encoders.get(feature, ()) for feature in THREAT_CATEGORICAL}
+    return [
+        [feature for feature, categories in encoders.items() if is_unknown_name(flow[feature], categories)]
+        for flow in flows
     ]
 
 
@@ -235,11 +251,15 @@ def summarise(results: Sequence[AnalyzeResult]) -> AnalyzeSummary:
     )
 
 
-def read_csv(path: Path, *, max_rows: int, max_bytes: int) -> tuple[list[AnalyzeFlow], list[str]]:
+def read_csv(
+    path: Path, *, max_rows: int, max_bytes: int, parameter: str = "file"
+) -> tuple[list[AnalyzeFlow], list[str]]:
     """Validated flows of an uploaded CSV (CICFlowMeter or NSL-KDD columns) and the columns ignored.
 
     Columns that are neither features nor context (labels, the other CICFlowMeter features) are ignored and
-    reported; a missing feature or an invalid value rejects the upload, naming row and column.
+    reported; a missing feature or an invalid value rejects the upload, naming `parameter`, row and column. A
+    byte-order mark and CRLF line ends are read as usual; an empty file, a file without data rows, duplicate
+    column names and rows with more or fewer cells than the header are refused (400).
     """
     size = path.stat().st_size
     if size > max_bytes:
@@ -248,16 +268,35 @@ def read_csv(path: Path, *, max_rows: int, max_bytes: int) -> tuple[list[Analyze
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = next(reader, [])
+            duplicates = sorted(name for name, n in Counter(header).items() if n > 1)
+            if duplicates:
+                message = f"duplicate CSV column(s) {duplicates}: each column may appear once"
+                raise _csv_error(parameter, message, "csv_header")
             keep = _csv_columns(header)
             rows = []
             for line in reader:
                 if len(rows) == max_rows:
                     raise RequestTooLarge(f"the CSV file has more than {max_rows} rows (NIDS_MAX_ROWS_PER_REQUEST)")
+                if len(line) != len(header):
+                    raise _csv_error(
+                        parameter,
+                        f"row {len(rows)} (line {reader.line_num}) has {len(line)} cells; the header has {len(header)}",
+                        "csv_row_length",
+                    )
                 rows.append({keep[j]: value for j, value in enumerate(line) if j in keep and value != ""})
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidInput(f"the file is not a UTF-8 CSV file: {exc}") from exc
+        raise _csv_error(parameter, f"the file is not a UTF-8 CSV file: {exc}", "csv_format") from exc
+    if not rows:
+        raise _csv_error(parameter, "the CSV file has no data rows (a header, then a flow per line)", "csv_empty")
     ignored = [name for j, name in enumerate(header) if j not in keep]
-    return _CSV_ROWS.validate_python(rows), ignored
+    try:
+        return _CSV_ROWS.validate_python(rows), ignored
+    except ValidationError as error:
+        raise invalid_fields(error, parameter) from None
+
+
+def _csv_error(parameter: str, message: str, rule: str) -> InvalidInput:
+    return InvalidInput(message, detail=[{"loc": [parameter], "msg": message, "type": rule}])
 
 
 def _csv_columns(header: Sequence[str]) -> dict[int, str]:

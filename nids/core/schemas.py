@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    PlainValidator,
     RootModel,
     Tag,
     create_model,
@@ -37,18 +37,16 @@ from nids.core.validation import (
     FeatureRule,
     check_batched_row_count,
     check_row_count,
-    reject_bool,
 )
 
 FlowKind = Literal["threat", "attack"]
 
 
 def _number(rule: FeatureRule, description: str, **alias: Any) -> Any:
-    """A float field checked against `rule` (NaN, +/-inf policy, range); booleans refused."""
+    """A float field parsed and checked by `rule` in one call (NaN, +/-inf policy, range, float32, booleans)."""
     return Annotated[
         float,
-        BeforeValidator(reject_bool),
-        AfterValidator(rule.check),
+        PlainValidator(rule.parse, json_schema_input_type=float),
         Field(
             description=f"{description}; {rule.describe()}: {rule.why}", json_schema_extra=rule.json_schema(), **alias
         ),
@@ -199,6 +197,11 @@ class ThreatPrediction(Echoed):
         "(analyze, 42-feature flows: score = 1 - P(BENIGN), attack when the predicted class is not BENIGN)"
     )
     model_version: str = Field(description="model-store tag that made the prediction")
+    unknown_categories: list[str] = Field(
+        default_factory=list,
+        description="`service` / `flag` when the name sent is unknown to the model: still scored, with the code "
+        "training gave unseen names (-1); counted in nids_unknown_categories_total",
+    )
 
 
 class ClassProbability(BaseModel):

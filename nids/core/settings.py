@@ -6,6 +6,7 @@ message naming the variable. Every layer takes what it needs from this one objec
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,6 +23,21 @@ DatabaseUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["sqlite", "postg
 def sqlite_path(url: AnyUrl) -> Path:
     """The file of a sqlite:/// URL (three slashes: relative; four: absolute)."""
     return Path((url.path or "").removeprefix("/"))
+
+
+# Inside a BentoML container (BENTOML_CONTAINERIZED=true) the state lives at an absolute path meant for a volume
+# (`docker run -v nids-data:/var/lib/nids ...`), so the audit log and live blocks survive the container.
+CONTAINER_DATA_DIR = Path("/var/lib/nids")
+
+
+def default_data_dir() -> Path:
+    """`var` (relative to the working directory) on a host; CONTAINER_DATA_DIR in a BentoML container."""
+    return CONTAINER_DATA_DIR if os.environ.get("BENTOML_CONTAINERIZED", "").lower() == "true" else Path("var")
+
+
+def default_workers() -> int:
+    """One worker per core but one (each scores on one ONNX thread); 1 on a machine with 2 cores or fewer."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 class Settings(BaseSettings):
@@ -47,7 +63,7 @@ class Settings(BaseSettings):
     )
 
     # --- data directory (audit log, state) ------------------------------------------------------------
-    data_dir: Path = Field(Path("var"), description="where the service keeps its own state")
+    data_dir: Path = Field(default_factory=default_data_dir, description="where the service keeps its own state")
 
     # --- self-healing (docs/self-healing.md) ------------------------------------------------------------
     healing_policy_file: Path = Field(Path("config/healing.yaml"), description="attack type -> action policy")
@@ -105,6 +121,16 @@ class Settings(BaseSettings):
     drift_watch_psi: float = Field(0.1, gt=0, description="PSI from which a feature's status is 'watch'")
     drift_alert_psi: float = Field(0.25, gt=0, description="PSI from which a feature's status is 'drift'")
     drift_refresh_seconds: float = Field(15.0, gt=0, description="how often the drift gauges on /metrics are updated")
+
+    # --- workers (issue 12): one process per core left to the ingress and clients; ONNX runs one thread each ----
+    workers: int = Field(
+        default_factory=default_workers, gt=0, description="`bentoml serve` worker processes (default: cores - 1)"
+    )
+
+    # --- hardening (issue 12): a locked audit store answers 503 in time, never holds a request for long ---------
+    healing_audit_lock_seconds: float = Field(
+        5.0, gt=0, le=25, description="how long an audit write waits for a locked database before answering 503"
+    )
 
     @field_validator("threat_model_tag", "attack_model_tag")
     @classmethod

@@ -24,6 +24,7 @@ COLUMNS: tuple[str, ...] = tuple(ActionRecord.model_fields)
 _TIME_COLUMNS = frozenset({"created_at", "updated_at", "expires_at", "ended_at"})
 _REAL_COLUMNS = _TIME_COLUMNS | {"confidence"}
 LIVE_LIMIT = 100_000
+DEFAULT_LOCK_SECONDS = 5.0  # settings.healing_audit_lock_seconds
 When = datetime | float
 
 
@@ -86,6 +87,10 @@ class AuditStore:
                 (f"CREATE TABLE IF NOT EXISTS {self.actions} ({columns})", {}),
                 (f"CREATE INDEX IF NOT EXISTS {self.actions}_created ON {self.actions} (created_at)", {}),
                 (f"CREATE INDEX IF NOT EXISTS {self.actions}_src ON {self.actions} (src_ip, action_type)", {}),
+                (  # rate limits, shared by every process: decisions per action type within a window
+                    f"CREATE INDEX IF NOT EXISTS {self.actions}_by_type ON {self.actions} (action_type, created_at)",
+                    {},
+                ),
                 (  # live blocks (sweeps, restores) without scanning every decision ever recorded
                     f"CREATE INDEX IF NOT EXISTS {self.actions}_live_blocks ON {self.actions} (expires_at) "
                     "WHERE action_type = 'block_ip' AND parent_id IS NULL AND ended_at IS NULL",
@@ -155,6 +160,43 @@ class AuditStore:
         )
         return bool(self._run([(sql, {"action_id": action_id, "old": old, "new": new, "now": epoch(now)})]))
 
+    def count_recent(self, windows: Mapping[str, tuple[When, int]]) -> dict[str, int]:
+        """Per action type (its window start, its limit), the decisions since then that used the rate limit (not
+        rate-limited, not extensions), counted up to the limit: the limits hold across every process and replica
+        sharing the log, and each count reads at most about `limit` rows of the (action_type, created_at) index
+        however many rate-limited decisions the window holds."""
+        if not windows:
+            return {}
+        params: dict[str, Any] = {}
+        selects = []
+        for i, (action_type, (since, limit)) in enumerate(windows.items()):
+            selects.append(
+                f"SELECT {i} AS i, COUNT(*) AS n FROM (SELECT 1 FROM {self.actions} "
+                f"WHERE action_type = :type{i} AND created_at > :since{i} AND parent_id IS NULL "
+                f"AND status != 'rate_limited' LIMIT :limit{i}) AS w{i}"
+            )
+            params |= {f"type{i}": action_type, f"since{i}": epoch(since), f"limit{i}": limit}
+        counts = dict(self._run([(" UNION ALL ".join(selects), params)]))
+        return {action_type: int(counts.get(i, 0)) for i, action_type in enumerate(windows)}
+
+    def extend_block(self, action_id: str, expires_at: When, now: When) -> bool:
+        """Push a live block's expiry; False when it ended meanwhile (e.g. an expiry sweep lifted it first)."""
+        sql = (
+            f"UPDATE {self.actions} SET expires_at = :expires_at, updated_at = :now "
+            "WHERE action_id = :action_id AND ended_at IS NULL RETURNING action_id"
+        )
+        params = {"action_id": action_id, "expires_at": epoch(expires_at), "now": epoch(now)}
+        return bool(self._run([(sql, params)]))
+
+    def claim_expiry(self, action_id: str, now: When) -> bool:
+        """Mark a due block as ending, atomically with its expiry check: False when it was extended (or ended)
+        meanwhile. A block extension and an expiry sweep can never both win."""
+        sql = (
+            f"UPDATE {self.actions} SET ended_at = :now "
+            "WHERE action_id = :action_id AND ended_at IS NULL AND expires_at <= :now RETURNING action_id"
+        )
+        return bool(self._run([(sql, {"action_id": action_id, "now": epoch(now)})]))
+
     def _live_blocks(self, extra: str, params: Mapping[str, Any]) -> list[ActionRecord]:
         """Blocks holding an address (or that would, in dry_run): not ended, not an extension."""
         where = ["action_type = 'block_ip'", "parent_id IS NULL", "ended_at IS NULL", extra]
@@ -190,19 +232,29 @@ class AuditStore:
 class SqliteAuditStore(AuditStore):
     """Embedded default: one SQLite file (nids.core.database.SqliteDatabase)."""
 
-    def __init__(self, path: Path, table_prefix: str = "healing_", checkpoint_seconds: float = 1.0) -> None:
-        super().__init__(table_prefix, SqliteDatabase(path, checkpoint_seconds))
+    def __init__(
+        self,
+        path: Path,
+        table_prefix: str = "healing_",
+        checkpoint_seconds: float = 1.0,
+        lock_seconds: float = DEFAULT_LOCK_SECONDS,
+    ) -> None:
+        # a write waits at most lock_seconds for another writer, then fails (AuditUnavailable: 503)
+        super().__init__(table_prefix, SqliteDatabase(path, checkpoint_seconds, lock_seconds))
         self.path = path
 
 
 class PostgresAuditStore(AuditStore):
     """Shared log for several replicas: PostgreSQL (nids.core.database.PostgresDatabase)."""
 
-    def __init__(self, url: str, table_prefix: str = "healing_") -> None:
-        super().__init__(table_prefix, PostgresDatabase(url))
+    def __init__(self, url: str, table_prefix: str = "healing_", lock_seconds: float = DEFAULT_LOCK_SECONDS) -> None:
+        # a statement waits at most lock_seconds for a row or table lock, then fails (AuditUnavailable: 503)
+        super().__init__(table_prefix, PostgresDatabase(url, lock_seconds=lock_seconds))
         self.url = url
 
 
-def open_audit_store(url: AnyUrl | str, table_prefix: str = "healing_") -> AuditStore:
+def open_audit_store(
+    url: AnyUrl | str, table_prefix: str = "healing_", lock_seconds: float = DEFAULT_LOCK_SECONDS
+) -> AuditStore:
     """`sqlite:///relative/or//absolute/path.sqlite3` or `postgresql://user@host:port/db`."""
-    return AuditStore(table_prefix, open_database(url))
+    return AuditStore(table_prefix, open_database(url, lock_seconds))

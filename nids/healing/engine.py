@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +35,7 @@ REVERTIBLE = frozenset({ActionStatus.DRY_RUN, ActionStatus.QUEUED, ActionStatus.
 STALE_RUNNING_SECONDS = 600.0  # far beyond any executor's timeouts
 NOT_AUTHORISED = "caller not authorised to enforce"
 IN_PROCESS = "in-process"  # the caller of `handle` without a token: the stream worker, a script, the tests
+DECIDE_ATTEMPTS = 3  # a batch is decided again when a concurrent block or expiry changed what it relied on
 
 
 class ActionNotFound(NotFound):
@@ -46,24 +46,26 @@ class NotRevertible(Conflict):
     """The action cannot be reverted (already ended, or nothing ran)."""
 
 
-class RateLimiter:
-    """Sliding-window limit per action type: at most `max_actions` within `per_seconds`."""
+class RateQuota:
+    """What one batch of decisions may still use of each sliding-window limit (`max_actions` per `per_seconds`).
 
-    def __init__(self, policy: Policy, clock: Clock) -> None:
+    The decisions already counted are those in the audit log, so every process and replica sharing the log shares
+    the limits (as the stop switch); nothing is charged for a batch that was not recorded, so re-deciding a batch
+    never charges twice. Batches decided at the same instant in two processes may each take the last slot.
+    """
+
+    def __init__(self, policy: Policy, store: AuditStore, now: float) -> None:
         self.limits = policy.rate_limits
-        self.clock = clock
-        self._hits: dict[str, deque[float]] = {name: deque() for name in self.limits}
+        windows = {name: (now - limit.per_seconds, limit.max_actions) for name, limit in self.limits.items()}
+        self.used = store.count_recent(windows)
 
     def allow(self, action_type: ActionType) -> bool:
         limit = self.limits.get(action_type)
         if limit is None:
             return True
-        now, hits = self.clock(), self._hits[action_type]
-        while hits and hits[0] <= now - limit.per_seconds:
-            hits.popleft()
-        if len(hits) >= limit.max_actions:
+        if self.used[action_type] >= limit.max_actions:
             return False
-        hits.append(now)
+        self.used[action_type] += 1
         return True
 
 
@@ -112,7 +114,6 @@ class HealingEngine:
             raise ValueError(f"own addresses (NIDS_HEALING_OWN_ADDRESSES): {error}") from None
         self.stopped_by_setting = enforcement_stopped
         self.sweep_seconds = sweep_seconds
-        self.limiter = RateLimiter(policy, clock)
         self._lock = threading.Lock()  # decisions: rate limits and one live block per address
         self._undo_lock = threading.Lock()  # reverts and expiries never race each other
         self._closed = False
@@ -134,7 +135,9 @@ class HealingEngine:
     def from_settings(cls, settings: Settings) -> HealingEngine:
         """Load and validate the policy (PolicyError stops startup), open the audit log, start the workers."""
         policy = load_policy(settings.healing_policy_file)
-        store = open_audit_store(settings.audit_url, settings.healing_audit_table_prefix)
+        store = open_audit_store(
+            settings.audit_url, settings.healing_audit_table_prefix, settings.healing_audit_lock_seconds
+        )
         return cls(
             policy,
             store,
@@ -169,24 +172,41 @@ class HealingEngine:
         """
         enforcing = self.enforcement_enabled
         with self._lock:
-            try:
-                records = self._decide_all(events, enforcing, caller)
-            except BlockConflict:  # another process blocked one of the addresses meanwhile: extend its block
-                records = self._decide_all(events, enforcing, caller)
+            records = self._decide_retrying(events, enforcing, caller)
         for record in records:
             if record.status == ActionStatus.QUEUED:
                 self._enqueue(record)
         return [record.to_action() for record in records]
 
+    def _decide_retrying(
+        self, events: Sequence[AttackEvent], enforcing: bool, caller: str | None
+    ) -> list[ActionRecord]:
+        for _ in range(DECIDE_ATTEMPTS):
+            try:
+                return self._decide_all(events, enforcing, caller)
+            except BlockConflict:  # another process blocked, or a sweep lifted, one of the addresses meanwhile
+                continue
+        raise Conflict(
+            f"the blocks on these addresses changed under {DECIDE_ATTEMPTS} concurrent decisions; send the events again"
+        )
+
     def _decide_all(self, events: Sequence[AttackEvent], enforcing: bool, caller: str | None) -> list[ActionRecord]:
+        """Decide a batch and record it in one insert; BlockConflict when a block it relies on changed meanwhile."""
         now = self.clock()
+        quota = RateQuota(self.policy, self.store, now)
         blocks: dict[tuple[str, str], ActionRecord] = {}  # blocks decided in this batch, by (address, mode)
-        records = [self._decide(event, now, enforcing, blocks, caller) for event in events]
-        self.store.insert(records)
+        records = [self._decide(event, now, enforcing, blocks, quota, caller) for event in events]
         decided = {record.action_id for record in records}
+        # extend first: if an expiry sweep claimed a block before, decide again (a new block)
         for record in records:
-            if record.parent_id is not None and record.parent_id not in decided:
-                self.store.update(record.parent_id, expires_at=record.expires_at, updated_at=now)
+            parent = record.parent_id
+            if (
+                parent is not None
+                and parent not in decided
+                and not self.store.extend_block(parent, record.expires_at or now, now)
+            ):
+                raise BlockConflict(f"block {parent} ended while it was being extended")
+        self.store.insert(records)
         return records
 
     def _degrade_reason(self, event: AttackEvent, rule: Rule, service: str | None) -> str | None:
@@ -212,6 +232,7 @@ class HealingEngine:
         now: float,
         enforcing: bool,
         blocks: dict[tuple[str, str], ActionRecord],
+        quota: RateQuota,
         caller: str | None = IN_PROCESS,
     ) -> ActionRecord:
         """The audit record of one decision (a block extension when the address is already blocked)."""
@@ -227,7 +248,7 @@ class HealingEngine:
             live = blocks.get(key) or self.store.live_block(*key)
             if live is not None:
                 return self._extension(event, rule, live, now, now + block_seconds)
-        if reason is None and action in DISRUPTIVE and not self.limiter.allow(action):
+        if reason is None and action in DISRUPTIVE and not quota.allow(action):
             limit = self.policy.rate_limits[action]
             reason = f"rate limit of {action} reached ({limit.max_actions} per {limit.per_seconds:g} s)"
         if reason is not None:
@@ -237,7 +258,7 @@ class HealingEngine:
         if unauthorised:
             mode = "dry_run"
         status = ActionStatus.DRY_RUN if mode == "dry_run" else ActionStatus.QUEUED
-        if action in ("alert_admin", "log_only") and not self.limiter.allow(action):
+        if action in ("alert_admin", "log_only") and not quota.allow(action):
             status = ActionStatus.RATE_LIMITED
         params = self._params(action, event, rule, service, block_seconds, reason)
         if mode == "enforce":
@@ -422,14 +443,18 @@ class HealingEngine:
         """Lift every block whose expiry has passed (the block_ip worker calls this every few seconds)."""
         lifted = []
         with self._undo_lock:
-            for block in self.store.due_blocks(self.clock()):
+            now = self.clock()
+            for block in self.store.due_blocks(now):
+                if not self.store.claim_expiry(block.action_id, now):
+                    continue  # extended (or ended) since it was found due: still in force
                 try:
-                    lifted.append(self._end(block.action_id, ActionStatus.EXPIRED))
+                    lifted.append(self._end(block.action_id, ActionStatus.EXPIRED, claimed=True))
                 except NotRevertible:
-                    continue  # still running: lifted on a later sweep
+                    self.store.update(block.action_id, ended_at=None)  # still running: lifted on a later sweep
         return lifted
 
-    def _end(self, action_id: str, final_status: ActionStatus) -> ActionRecord:
+    def _end(self, action_id: str, final_status: ActionStatus, *, claimed: bool = False) -> ActionRecord:
+        """End an action (undoing what ran); `claimed`: an expiry sweep already marked it as ending."""
         record = self.store.get(action_id)
         if record is None:
             raise ActionNotFound(f"no self-healing action with id {action_id!r}")
@@ -441,7 +466,8 @@ class HealingEngine:
             record = self.store.get(action_id) or record  # a worker took it meanwhile
         # an action left `running` by a process that died is treated as executed once it is stale
         stale = record.status == ActionStatus.RUNNING and now - record.updated_at.timestamp() > STALE_RUNNING_SECONDS
-        if not (cancelled or stale) and (record.ended_at is not None or record.status not in REVERTIBLE):
+        ended_before = record.ended_at is not None and not claimed
+        if not (cancelled or stale) and (ended_before or record.status not in REVERTIBLE):
             raise NotRevertible(f"action {action_id} cannot be reverted now: its status is '{record.status}'")
         executor = self.executors[record.action_type]
         undo = executor.undo_plan(record.params)
@@ -451,9 +477,9 @@ class HealingEngine:
                 outcome = executor.run(undo)
             except Exception as error:
                 status, outcome = ActionStatus.REVERT_FAILED, str(error)
-        ended = {"ended_at": now} if status != ActionStatus.REVERT_FAILED else {}
+        ended_at = None if status == ActionStatus.REVERT_FAILED else now  # a failed undo leaves the block live
         self.store.update(
-            action_id, status=status, undo_command=undo.text, undo_outcome=outcome, updated_at=now, **ended
+            action_id, status=status, undo_command=undo.text, undo_outcome=outcome, updated_at=now, ended_at=ended_at
         )
         logger.info("self-healing %s %s: %s", status, action_id, outcome)
         return self.store.get(action_id)  # type: ignore[return-value]

@@ -23,16 +23,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from nids.core.errors import InvalidInput, NIDSError
+from nids.core.validation import invalid_fields
 from nids.serving.bentoml_fixes import PATCHED_VERSION
 
 logger = logging.getLogger("nids.serving")
 _api_endpoint = ServiceAppFactory.api_endpoint
-
-
-def as_nids_error(error: ValidationError) -> InvalidInput:
-    """A refused request body: 400 listing every location, rule and message (never the input values)."""
-    detail = error.errors(include_url=False, include_context=False, include_input=False)
-    return InvalidInput(f"{len(detail)} invalid field(s) in the request", detail=detail)
 
 
 def error_response(error: NIDSError) -> JSONResponse:
@@ -44,9 +39,13 @@ async def _endpoint(self: ServiceAppFactory, name: str, request: Request) -> Res
     try:
         return await _api_endpoint(self, name, request)
     except ValidationError as error:
-        refused: NIDSError = as_nids_error(error)
+        refused: NIDSError = invalid_fields(error)
     except NIDSError as error:
         refused = error
+    except StarletteHTTPException as error:  # starlette's refusal of an unreadable body (multipart without a boundary)
+        if error.status_code >= 500:
+            raise
+        refused = InvalidInput(f"the request body cannot be read as {_media_type(request)}: {error.detail}")
     return refusal(request, refused)
 
 
@@ -55,6 +54,10 @@ def refusal(request: Request, refused: NIDSError) -> JSONResponse:
     level = logging.WARNING if refused.status_code >= 500 else logging.INFO
     logger.log(level, "%s %s: %d %s", request.method, request.url.path, refused.status_code, refused.message)
     return error_response(refused)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "application/json").split(";")[0].strip()
 
 
 def install() -> bool:

@@ -36,6 +36,11 @@ class ServiceMetrics:
         self.actions = prom.Counter(
             "nids_healing_actions", "Self-healing actions decided, by action type and status", ["action_type", "status"]
         )
+        self.unknown_categories = prom.Counter(
+            "nids_unknown_categories",
+            "Threat flows scored with a service/flag name the model does not know, by feature",
+            ["feature"],
+        )
         self.active_model = prom.Gauge(
             "nids_active_model",
             "1 for each model version being served",
@@ -77,6 +82,9 @@ class ServiceMetrics:
         attacks = int(np.count_nonzero(is_attack))
         self.predictions.labels(THREAT_MODEL_NAME, "attack", "").inc(attacks)
         self.predictions.labels(THREAT_MODEL_NAME, "benign", "").inc(len(is_attack) - attacks)
+
+    def count_unknown_categories(self, feature: str, flows: int) -> None:
+        self.unknown_categories.labels(feature).inc(flows)
 
     def count_attacks(self, codes: np.ndarray, class_names: Sequence[str]) -> None:
         counts = np.bincount(codes, minlength=len(class_names))

@@ -41,19 +41,22 @@ class RequestGuard:
             await send_json(send, 200, {"status": "ready", "detail": self.registry.mismatch})
             return
         settings = get_settings()
-        limit = settings.max_csv_bytes + MULTIPART_OVERHEAD if path == CSV_PATH else settings.max_request_bytes
-        if path == CSV_UPLOAD_PATH:
-            limit = settings.max_csv_bytes + MULTIPART_OVERHEAD
+        if path in (CSV_PATH, CSV_UPLOAD_PATH):
+            limit, setting = settings.max_csv_bytes + MULTIPART_OVERHEAD, "NIDS_MAX_CSV_BYTES + 64 KiB of multipart"
         elif path == PACKAGE_UPLOAD_PATH:
             limit = settings.model_max_package_bytes + MULTIPART_OVERHEAD
+            setting = "NIDS_MODEL_MAX_PACKAGE_BYTES + 64 KiB of multipart"
+        else:
+            limit, setting = settings.max_request_bytes, "NIDS_MAX_REQUEST_BYTES"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await send_json(send, 413, {"error": f"request body of {int(length)} bytes; the limit is {limit}"})
+            message = f"request body of {int(length)} bytes; the limit is {limit} ({setting})"
+            await send_json(send, 413, {"error": message})
             return
-        await self.app(scope, _bounded(receive, limit), _unwrap_errors(send))
+        await self.app(scope, _bounded(receive, limit, setting), _unwrap_errors(send))
 
 
-def _bounded(receive: Receive, limit: int) -> Receive:
+def _bounded(receive: Receive, limit: int, setting: str) -> Receive:
     """Stop reading a body without Content-Length (chunked) once it passes the limit."""
     seen = 0
 
@@ -62,7 +65,7 @@ def _bounded(receive: Receive, limit: int) -> Receive:
         message = await receive()
         seen += len(message.get("body", b""))
         if seen > limit:
-            raise RequestTooLarge(f"request body over the limit of {limit} bytes")
+            raise RequestTooLarge(f"request body over the limit of {limit} bytes ({setting})")
         return message
 
     return inner

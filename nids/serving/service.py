@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from nids.core.actions import HealingAction
 from nids.core.errors import NotFound
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.schemas import (
+    AnalyzeFlow,
     AnalyzeFlows,
     AnalyzeResponse,
     AttackEvents,
@@ -33,19 +35,20 @@ from nids.core.schemas import (
     ThreatFlows,
     ThreatPrediction,
 )
-from nids.core.settings import get_settings
+from nids.core.settings import Settings, get_settings
 from nids.healing.engine import HealingEngine
 from nids.healing.schemas import ActionQuery, ActionRecord, EnforcementState
 from nids.models.artifacts import load_model
 from nids.models.lifecycle import Lifecycle
 from nids.models.registry import REGISTRY
 from nids.models.state import open_lifecycle_store
-from nids.observability.records import PredictionBatch
-from nids.serving import bentoml_fixes, errors
+from nids.observability.records import PredictionBatch, Source
+from nids.serving import bentoml_fixes, errors, parsing
 from nids.serving.auth import AccessGuard, Caller, caller_of, token_book
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import RequestGuard
 from nids.serving.observability import Observability
+from nids.serving.offload import off_inference
 from nids.serving.routes import models as model_routes
 from nids.serving.routes import observability as observability_routes
 from nids.serving.routes import upload as upload_routes
@@ -53,6 +56,7 @@ from nids.serving.routes import upload as upload_routes
 logger = logging.getLogger("nids.service")
 bentoml_fixes.install()
 errors.install()
+parsing.install()  # JSON without duplicate keys; a file field only as an upload, never fetched (issue 12)
 
 # Declaring the media type of list outputs spares BentoML 1.4.39 from generating their whole JSON schema on every
 # response just to learn it is JSON (~1.5 ms of CPU per response, 40% of a single-flow request).
@@ -79,7 +83,10 @@ class PingReply(BaseModel):
 @bentoml.asgi_app(observability_routes.api, path="/api/v1")
 @bentoml.asgi_app(observability_routes.realtime, path="/ws")
 @bentoml.asgi_app(observability_routes.dashboard, path="/")
-@bentoml.service(name="nids", traffic={"timeout": 30})
+# several workers where the machine has the cores (NIDS_WORKERS): every worker shares the audit log, its rate
+# limits and stop switch, and exactly one worker lifts each expired block (nids/healing/engine.py). Read with
+# Settings() at import, for the decorator, so get_settings() is still first read where the service starts.
+@bentoml.service(name="nids", traffic={"timeout": 30}, workers=Settings().workers)
 @bentoml.asgi_app(model_routes.app, path="/api/v1/models")  # model lifecycle (docs/models.md)
 @bentoml.asgi_app(upload_routes.app, path="/api/v1/upload")  # the original CSV API
 class NIDSService:
@@ -147,29 +154,35 @@ class NIDSService:
         self.observability.record(PredictionBatch.of_attacks(models, flows, predictions, "api"))
         return predictions
 
+    # The APIs below touch the audit store or parse uploads: async, their work on threads of their own
+    # (nids.serving.offload), so a locked or slow audit database never delays detect_threat/classify_attack.
     @bentoml.api
-    def self_heal(self, events: AttackEvents, ctx: Context = None) -> Annotated[list[HealingAction], JSON]:
+    async def self_heal(self, events: AttackEvents, ctx: Context = None) -> Annotated[list[HealingAction], JSON]:
         """Self-healing decision for each attack event (recorded in the audit log; dry-run by default)."""
-        return pipeline.self_heal(self._healer_of(ctx), events, self.metrics)
+        return await off_inference(pipeline.self_heal, self._healer_of(ctx), events, self.metrics)
 
     @bentoml.api
-    def analyze(self, flows: AnalyzeFlows, ctx: Context = None) -> AnalyzeResponse:
+    async def analyze(self, flows: AnalyzeFlows, ctx: Context = None) -> AnalyzeResponse:
         """The whole pipeline per flow: threat verdict, attack type and action, plus a summary."""
+        return await off_inference(self._analyze, flows, self._healer_of(ctx), "api")
+
+    def _analyze(self, flows: Sequence[AnalyzeFlow], heal: pipeline.Healer, source: Source) -> AnalyzeResponse:
         models = self.models.active()
-        response = pipeline.analyze(models, self._healer_of(ctx), flows, self.metrics)
-        self.observability.record(PredictionBatch.of_analysis(models, flows, response, "api"))
+        response = pipeline.analyze(models, heal, flows, self.metrics)
+        self.observability.record(PredictionBatch.of_analysis(models, flows, response, source))
         return response
 
     @bentoml.api
-    def analyze_csv(self, file: Path, ctx: Context = None) -> AnalyzeResponse:
+    async def analyze_csv(self, file: Path, ctx: Context = None) -> AnalyzeResponse:
         """`analyze` for an uploaded CSV (CICFlowMeter or NSL-KDD columns)."""
+        return await off_inference(self._analyze_csv, file, self._healer_of(ctx))
+
+    def _analyze_csv(self, file: Path, heal: pipeline.Healer) -> AnalyzeResponse:
         settings = get_settings()
         flows, ignored = pipeline.read_csv(
             file, max_rows=settings.max_rows_per_request, max_bytes=settings.max_csv_bytes
         )
-        models = self.models.active()
-        response = pipeline.analyze(models, self._healer_of(ctx), flows, self.metrics)
-        self.observability.record(PredictionBatch.of_analysis(models, flows, response, "csv"))
+        response = self._analyze(flows, heal, "csv")
         return response.model_copy(update={"ignored_columns": ignored})
 
     @bentoml.api
@@ -184,30 +197,36 @@ class NIDSService:
 
     # --- self-healing audit log and stop switch (docs/self-healing.md) --------------------------------------
     @bentoml.api(input_spec=ActionQuery)
-    def healing_actions(self, **filters: Any) -> Annotated[list[ActionRecord], JSON]:
+    async def healing_actions(self, **filters: Any) -> Annotated[list[ActionRecord], JSON]:
         """Audit log of self-healing decisions, newest first, filtered by type, status, address and time."""
-        return self.healing.list_actions(**filters)
+        return await off_inference(self.healing.list_actions, **filters)
 
     @bentoml.api
-    def healing_action(self, action_id: str) -> ActionRecord:
+    async def healing_action(self, action_id: str) -> ActionRecord:
         """One audit record: the decision, its context and what became of it (404 if unknown)."""
-        record = self.healing.get_action(action_id)
+        record = await off_inference(self.healing.get_action, action_id)
         if record is None:
             raise NotFound(f"no self-healing action with id {action_id!r}")
         return record
 
     @bentoml.api
-    def healing_revert(self, action_id: str, ctx: Context = None) -> ActionRecord:
+    async def healing_revert(self, action_id: str, ctx: Context = None) -> ActionRecord:
         """Undo an action (e.g. lift a block); 404 if unknown, 409 if it already ended or nothing ran. Admin token."""
+        return await off_inference(self._revert, action_id, _label(ctx))
+
+    def _revert(self, action_id: str, label: str) -> ActionRecord:
         record = self.healing.revert(action_id)
-        self.lifecycle.audit(_label(ctx), "healing_revert", detail={"action_id": action_id, "status": record.status})
+        self.lifecycle.audit(label, "healing_revert", detail={"action_id": action_id, "status": record.status})
         return record
 
     @bentoml.api
-    def healing_enforcement(self, enabled: bool, ctx: Context = None) -> EnforcementState:
+    async def healing_enforcement(self, enabled: bool, ctx: Context = None) -> EnforcementState:
         """The stop switch: `false` stops all enforcement at once (every replica sharing the audit log). Admin token."""
+        return await off_inference(self._set_enforcement, enabled, _label(ctx))
+
+    def _set_enforcement(self, enabled: bool, label: str) -> EnforcementState:
         self.healing.set_enforcement(enabled)  # Conflict (409) while NIDS_HEALING_ENFORCEMENT_STOPPED is set
-        self.lifecycle.audit(_label(ctx), "healing_enforcement", detail={"enabled": enabled})
+        self.lifecycle.audit(label, "healing_enforcement", detail={"enabled": enabled})
         return EnforcementState(enforcement_enabled=self.healing.enforcement_enabled)
 
 

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 import pytest
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 from nids.core.errors import RequestTooLarge
@@ -116,3 +116,21 @@ def test_row_limits_refuse_with_413(monkeypatch: pytest.MonkeyPatch) -> None:
     assert caught.value.status_code == 413
     with pytest.raises(RequestTooLarge, match=r"3 rows.*limit is 2.*/analyze"):
         check_batched_row_count([{}] * 3)
+
+
+def test_float32_range_and_negative_zero() -> None:
+    """The models read float32: what would overflow to inf or vanish below the smallest normal is refused."""
+    rule = ATTACK_RULES[" Flow Duration"]
+    assert math.copysign(1.0, rule.check(-0.0)) == 1.0  # -0 is read as 0
+    assert rule.check(3.0e38) == 3.0e38
+    assert _error_type(rule, 1e39) == "float32_range"
+    assert _error_type(rule, -1e39) == "float32_range"
+    assert _error_type(rule, 1e-40) == "float32_range"
+    with pytest.raises(ValidationError) as caught:
+        TypeAdapter(ThreatFlow).validate_json(
+            '{"service": "http", "flag": "SF", "src_bytes": 1e39, "dst_bytes": 0, "count": 1, "same_srv_rate": 1,'
+            ' "diff_srv_rate": 0, "dst_host_srv_count": 1, "dst_host_same_srv_rate": 1,'
+            ' "dst_host_same_src_port_rate": 0}'
+        )
+    (error,) = caught.value.errors()
+    assert error["type"] == "float32_range" and "32-bit floats" in error["msg"]

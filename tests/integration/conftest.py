@@ -70,6 +70,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
             "BENTOML_HOME": str(home),
             "NIDS_DATA_DIR": str(workdir / "var"),
             "NIDS_HEALING_POLICY_FILE": str(REPO / "config" / "healing.yaml"),
+            "NIDS_WORKERS": "1",  # one process per test server, whatever the machine; test_workers.py asks for 2
             **env,
         }
         with log.open("wb") as sink:

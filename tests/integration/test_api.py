@@ -184,7 +184,14 @@ def test_too_large_chunked_body_is_413(http: httpx.Client) -> None:
 
     response = http.post("/detect_threat", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413
-    assert "over the limit of 200000 bytes" in response.json()["error"]
+    assert "over the limit of 200000 bytes (NIDS_MAX_REQUEST_BYTES)" in response.json()["error"]
+
+
+def test_too_large_body_names_the_setting(http: httpx.Client) -> None:
+    body = b'{"flows": [{"flow_id": "' + b"x" * 250_000 + b'"}]}'
+    response = http.post("/detect_threat", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"].endswith("the limit is 200000 (NIDS_MAX_REQUEST_BYTES)")
 
 
 def test_too_large_csv_file_is_413(http: httpx.Client, tmp_path: Path) -> None:

@@ -1,0 +1,43 @@
+"""Several workers share one audit log: its rate limits hold for the whole service, not per process."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import STARTUP_SECONDS, Server
+
+pytestmark = [pytest.mark.integration]
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+THREAT_BODY = json.loads((FIXTURES / "detect_threat.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def server(model_store: Any, serve: Callable[..., Server]) -> Server:
+    return serve(model_store.home, NIDS_WORKERS="2")
+
+
+def test_two_workers_serve_and_share_the_restart_rate_limit(server: Server) -> None:
+    """config/healing.yaml allows 1 restart_service per 300 s: across every request, whichever worker takes it."""
+    started = {f"[entry_service:nids:{worker}] Service nids initialized" for worker in (1, 2)}
+    deadline = time.monotonic() + STARTUP_SECONDS  # /livez answers once the first worker is up
+    while not all(line in server.log.read_text() for line in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(line in server.log.read_text() for line in started), "both workers start"
+    actions = []
+    for _ in range(8):  # a fresh connection each time, so both workers take requests
+        assert httpx.post(f"{server.url}/detect_threat", json=THREAT_BODY).status_code == 200
+        response = httpx.post(f"{server.url}/self_heal", json={"events": [{"attack_type": "DDoS", "confidence": 0.99}]})
+        assert response.status_code == 200, response.text
+        actions.extend(response.json())
+    assert [action["action_type"] for action in actions].count("restart_service") == 1
+    assert all(
+        "rate limit of restart_service reached" in a["reason"] for a in actions if a["action_type"] != "restart_service"
+    )
