@@ -71,7 +71,9 @@ class TimeWindow(BaseModel):
 
     since: datetime | None = Field(None, description="from this time on (ISO 8601)")
     until: datetime | None = Field(None, description="before this time (ISO 8601)")
-    window_seconds: float | None = Field(None, gt=0, description="the last N seconds (instead of since)")
+    window_seconds: float | None = Field(
+        None, ge=0.001, le=315_360_000, description="the last N seconds (instead of since)"
+    )
 
     @model_validator(mode="after")
     def _one_start(self) -> TimeWindow:
@@ -85,9 +87,9 @@ class PredictionQuery(TimeWindow):
     attack_type: str | None = Field(None, description="predicted attack type, e.g. 'DDoS' or 'BENIGN'")
     src_ip: IpAddress = Field(None, description="source address")
     source: Source | None = None
-    before_id: int | None = Field(None, gt=0, description="keyset page: predictions older than this id")
+    before_id: int | None = Field(None, ge=1, description="keyset page: predictions older than this id")
     skip: int = Field(0, ge=0, le=100_000, description="offset page: skip this many (newest first)")
-    limit: int = Field(100, gt=0, le=MAX_PAGE)
+    limit: int = Field(100, ge=1, le=MAX_PAGE)
     include_features: bool = Field(True, description="include each flow's features")
 
 

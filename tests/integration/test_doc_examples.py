@@ -7,6 +7,7 @@ blocks of docs/api.md run in order in one interpreter, as a reader pasting them 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,11 +23,18 @@ from .conftest import REPO, Server
 pytestmark = [pytest.mark.integration]
 
 DOCS = [REPO / "README.md", REPO / "docs" / "api.md"]
-NOT_RUN = re.compile(r"^\s*(make|\.venv/bin/bentoml|bentoml|docker|\.venv/bin/st)\b", re.MULTILINE)
+# commands that start, build or containerize a server, or need a client or a broker this test does not have
+NOT_RUN = re.compile(
+    r"^\s*(?:[A-Z_]+=\S+\s+)*(make|\.venv/bin/bentoml|bentoml|docker|\.venv/bin/st|websocat)\b", re.MULTILINE
+)
+# the tokens the examples read from the environment, as a deployment would set them
+TOKENS = {"NIDS_ADMIN_TOKEN": "doc-examples-admin-token", "NIDS_SENSOR_TOKEN": "doc-examples-sensor-token"}
 
 
 def blocks(path: Path, language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.MULTILINE | re.DOTALL)
+    """The blocks of one language, less those that open with `# not run: <why>` (they name the test that runs them)."""
+    found = re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.MULTILINE | re.DOTALL)
+    return [block for block in found if not block.startswith("# not run: ")]
 
 
 def local(text: str, server: Server) -> str:
@@ -36,7 +44,7 @@ def local(text: str, server: Server) -> str:
 
 @pytest.fixture(scope="module")
 def server(model_store: Any, serve: Callable[..., Server]) -> Server:
-    return serve(model_store.home)
+    return serve(model_store.home, **TOKENS)
 
 
 BASH = [
@@ -49,7 +57,15 @@ def test_curl_examples_run_as_written(server: Server, doc: str, index: int, bloc
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     script = "set -euo pipefail\n" + local(block, server).replace("curl -s ", "curl -sS --fail-with-body ")
-    done = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=REPO,
+        env=os.environ | TOKENS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, (
         f"{doc} bash block {index} failed:\n{block}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
     )
@@ -58,7 +74,13 @@ def test_curl_examples_run_as_written(server: Server, doc: str, index: int, bloc
 def test_python_examples_run_in_order(server: Server) -> None:
     program = "\n".join(local(block, server) for block in blocks(REPO / "docs" / "api.md", "python"))
     done = subprocess.run(
-        [sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", program],
+        cwd=REPO,
+        env=os.environ | TOKENS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -17,6 +17,7 @@ import pytest
 from .conftest import Server
 
 pytestmark = [pytest.mark.integration]
+ADMIN_TOKEN = "hardening-test-admin-token"
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 THREAT_MESSAGE: dict[str, Any] = json.loads((FIXTURES / "original_threat_message.json").read_text())
@@ -40,12 +41,14 @@ FUZZ_SEED = 12
 
 @pytest.fixture(scope="module")
 def server(model_store: Any, serve: Callable[..., Server]) -> Server:
-    return serve(model_store.home)
+    return serve(model_store.home, NIDS_ADMIN_TOKEN=ADMIN_TOKEN)
 
 
 @pytest.fixture(scope="module")
 def http(server: Server) -> Iterator[httpx.Client]:
+    """An admin caller: the admin APIs get past the token check, to the body they are sent."""
     with server.client() as client:
+        client.headers["authorization"] = f"Bearer {ADMIN_TOKEN}"
         yield client
 
 
