@@ -37,14 +37,13 @@ from aiokafka.structs import ConsumerRecord
 
 from loadtest.run import RESULTS, git_version
 from nids.core.encoding import to_matrix
-from nids.core.settings import get_settings
+from nids.core.settings import Settings, get_settings
 from nids.healing.engine import HealingEngine
 from nids.models.artifacts import load_model
 from nids.models.registry import REGISTRY
 from nids.stream.devbroker import DevBroker
 from nids.stream.messages import triage
 from nids.stream.produce import encode, publish, read_records
-from nids.stream.settings import StreamSettings
 from nids.stream.worker import score_batch, tune_collector
 from training.data import CIC_ORIGINAL, NSL_KDD_TEST
 
@@ -56,7 +55,7 @@ WARM_UP = 2_000
 class Answers:
     """Counts the messages on the output topics as they arrive (a reader from the beginning, in the background)."""
 
-    def __init__(self, bootstrap: str, settings: StreamSettings) -> None:
+    def __init__(self, bootstrap: str, settings: Settings) -> None:
         topics = (settings.kafka_results_topic, settings.kafka_dlq_topic)
         self.consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
         self.count = 0
@@ -108,7 +107,7 @@ async def end_to_end(
     bootstrap: str, processes: dict[str, psutil.Process], kinds: dict[str, list[bytes]], timeout: float
 ) -> dict[str, dict[str, float]]:
     """Records/s from the first record produced to the last answer read, and the CPU each process used."""
-    settings = StreamSettings(kafka_bootstrap_servers=bootstrap)
+    settings = Settings(kafka_bootstrap_servers=bootstrap)
     answers = Answers(bootstrap, settings)
     await answers.start()
     try:
@@ -145,7 +144,7 @@ def in_process(kinds: dict[str, list[bytes]], batch: int, data_dir: Path) -> dic
     models = REGISTRY.load(settings.threat_model_tag, settings.attack_model_tag, load_model)
     engine = HealingEngine.from_settings(settings.model_copy(update={"data_dir": data_dir}))
     tune_collector()  # as the worker does after loading
-    stream = StreamSettings()
+    stream = Settings()
     figures = {}
     try:
         for kind, values in kinds.items():
@@ -172,7 +171,7 @@ def in_process(kinds: dict[str, list[bytes]], batch: int, data_dir: Path) -> dic
     return figures
 
 
-async def create_topics(bootstrap: str, settings: StreamSettings) -> None:
+async def create_topics(bootstrap: str, settings: Settings) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -204,7 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threat", type=int, default=100_000, help="threat records to stream")
     parser.add_argument("--attack", type=int, default=20_000, help="attack records to stream")
-    parser.add_argument("--batch-size", type=int, default=StreamSettings().stream_batch_size)
+    parser.add_argument("--batch-size", type=int, default=Settings().stream_batch_size)
     parser.add_argument("--timeout", type=float, default=300, help="give up on a phase after this many seconds")
     args = parser.parse_args()
     kinds = {
@@ -212,7 +211,7 @@ def main() -> None:
         "attack": repeated(read_records(CIC_ORIGINAL), args.attack),
     }
     with tempfile.TemporaryDirectory(prefix="nids-stream-bench-") as scratch, DevBroker() as broker:
-        asyncio.run(create_topics(broker.bootstrap, StreamSettings()))
+        asyncio.run(create_topics(broker.bootstrap, Settings()))
         env = {
             **os.environ,
             "NIDS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,

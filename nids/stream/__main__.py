@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nids.stream.settings import StreamSettings
+from nids.core.settings import Settings
 
 if TYPE_CHECKING:
     from nids.core.settings import Settings
@@ -37,13 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     produce.add_argument("--topic", default=None, help="default: NIDS_KAFKA_TOPIC")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = StreamSettings()
+    settings = Settings()
     if args.command == "produce":
         return asyncio.run(_produce(settings, args.file, args.limit, args.topic))
     return asyncio.run(_run(settings))
 
 
-async def _produce(settings: StreamSettings, path: Path, limit: int | None, topic: str | None) -> int:
+async def _produce(settings: Settings, path: Path, limit: int | None, topic: str | None) -> int:
     from nids.stream.produce import encode, publish, read_records
 
     acknowledged = await publish(settings, encode(read_records(path, limit)), topic)
@@ -52,7 +52,7 @@ async def _produce(settings: StreamSettings, path: Path, limit: int | None, topi
     return 0
 
 
-async def _run(settings: StreamSettings) -> int:
+async def _run(settings: Settings) -> int:
     import prometheus_client
 
     from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME

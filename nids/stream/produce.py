@@ -27,8 +27,9 @@ from aiokafka.structs import RecordMetadata
 
 from nids.core.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, ATTACK_IMPROVED_COLUMNS, THREAT_FEATURES
 from nids.core.pipeline import CSV_CONTEXT_COLUMNS
+from nids.core.settings import Settings
 from nids.stream.batches import MAX_BATCH_BYTES, BatchSender, Outbound
-from nids.stream.settings import StreamSettings
+from nids.stream.settings import client_options
 
 PUBLISH_BATCH = 1000  # records a producer batch carries to one partition
 
@@ -98,10 +99,10 @@ def encode(records: Iterable[dict[str, Any]]) -> list[bytes]:
     return [orjson.dumps(record) for record in records]
 
 
-async def publish(settings: StreamSettings, values: Sequence[bytes], topic: str | None = None) -> list[tuple[int, int]]:
+async def publish(settings: Settings, values: Sequence[bytes], topic: str | None = None) -> list[tuple[int, int]]:
     """Send the values (keyless) to the topic (default: the input topic), in batches of `PUBLISH_BATCH` (each on
     the next partition); the (partition, offset) the broker acknowledged for each value, in order."""
-    producer = AIOKafkaProducer(acks="all", linger_ms=5, max_batch_size=MAX_BATCH_BYTES, **settings.client_options())
+    producer = AIOKafkaProducer(acks="all", linger_ms=5, max_batch_size=MAX_BATCH_BYTES, **client_options(settings))
     await producer.start()
     try:
         sender = BatchSender(producer)

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -29,6 +30,7 @@ from nids.core import pipeline
 from nids.core.errors import InvalidInput
 from nids.core.model import ActiveModels
 from nids.core.pipeline import Healer
+from nids.core.settings import Settings
 from nids.healing.audit import AuditUnavailable
 from nids.healing.engine import HealingEngine
 from nids.models.registry import ModelRegistry
@@ -36,8 +38,9 @@ from nids.observability.records import PredictionBatch, PredictionSink
 from nids.stream.batches import MAX_BATCH_BYTES, BatchSender, Outbound, Pending
 from nids.stream.messages import PredictionEvent, Record, dead_letter_json, event_json, prediction_event, triage
 from nids.stream.metrics import stream_metrics
-from nids.stream.settings import StreamSettings
+from nids.stream.settings import client_options
 
+STREAM_CALLER = "stream"  # recorded as authorised_by on the actions the stream enforces
 logger = logging.getLogger("nids.stream")
 
 
@@ -77,7 +80,7 @@ def score_batch(
     records: Sequence[Record],
     models: ActiveModels,
     heal: Healer,
-    settings: StreamSettings,
+    settings: Settings,
     sink: PredictionSink | None = None,
 ) -> tuple[list[Outbound], int]:
     """The CPU part of a batch: validate, score, decide, log, serialise. The messages to send, and how many are
@@ -106,7 +109,7 @@ def score_batch(
 class StreamWorker:
     def __init__(
         self,
-        settings: StreamSettings,
+        settings: Settings,
         models: ModelRegistry,
         engine: HealingEngine,
         sink: PredictionSink | None = None,
@@ -114,6 +117,8 @@ class StreamWorker:
         self.settings = settings
         self.models = models
         self.engine = engine
+        # the stream's events are enforced only where configured (NIDS_STREAM_ENFORCE), as a sensor token would be
+        self.heal: Healer = partial(engine.handle, caller=STREAM_CALLER if settings.stream_enforce else None)
         self.sink = sink
         self.metrics = stream_metrics()
         self.consumer = AIOKafkaConsumer(
@@ -122,14 +127,14 @@ class StreamWorker:
             auto_offset_reset=settings.kafka_auto_offset_reset,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-            **settings.client_options(),
+            **client_options(settings),
         )
         self.producer = AIOKafkaProducer(
             acks=_acks(settings.kafka_acks),
             linger_ms=5,
             max_batch_size=MAX_BATCH_BYTES,
             request_timeout_ms=settings.kafka_ack_timeout_ms,
-            **settings.client_options(),
+            **client_options(settings),
         )
         self._stopping = asyncio.Event()
         self._in_flight: deque[InFlight] = deque()
@@ -194,7 +199,7 @@ class StreamWorker:
         while True:
             try:
                 messages, results = await asyncio.to_thread(
-                    score_batch, records, self.models.active(), self.engine.handle, self.settings, self.sink
+                    score_batch, records, self.models.active(), self.heal, self.settings, self.sink
                 )
                 break
             except AuditUnavailable as error:

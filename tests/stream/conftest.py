@@ -25,9 +25,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
+from nids.core.settings import Settings
 from nids.stream.devbroker import DevBroker, free_port
 from nids.stream.produce import encode, publish, read_records
-from nids.stream.settings import StreamSettings
 from training.data import CIC_ORIGINAL, NSL_KDD_TEST
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +122,7 @@ class Stream:
         self.broker = broker
         self.env = env
         self.directory = directory
-        self.settings = StreamSettings(kafka_bootstrap_servers=broker.bootstrap)
+        self.settings = Settings(kafka_bootstrap_servers=broker.bootstrap)
         self.workers: list[Worker] = []
 
     def worker(self, **env: str) -> Worker:
@@ -193,7 +193,7 @@ class Stream:
             worker.close()
 
 
-async def _create_topics(bootstrap: str, settings: StreamSettings) -> None:
+async def _create_topics(bootstrap: str, settings: Settings) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -206,7 +206,7 @@ async def _create_topics(bootstrap: str, settings: StreamSettings) -> None:
 @pytest.fixture
 def stream(model_store, tmp_path: Path) -> Iterator[Stream]:
     with DevBroker(tmp_path / "broker.log") as broker:
-        asyncio.run(_create_topics(broker.bootstrap, StreamSettings()))
+        asyncio.run(_create_topics(broker.bootstrap, Settings()))
         env = {
             **os.environ,
             "BENTOML_HOME": str(model_store.home),
