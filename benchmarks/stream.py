@@ -32,7 +32,6 @@ from typing import Any
 
 import psutil
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 from loadtest.run import RESULTS, git_version
@@ -41,7 +40,7 @@ from nids.core.settings import Settings, get_settings
 from nids.healing.engine import HealingEngine
 from nids.models.artifacts import load_model
 from nids.models.registry import REGISTRY
-from nids.stream.devbroker import DevBroker
+from nids.stream.devbroker import DevBroker, create_topics
 from nids.stream.messages import triage
 from nids.stream.produce import encode, publish, read_records
 from nids.stream.worker import score_batch, tune_collector
@@ -171,16 +170,6 @@ def in_process(kinds: dict[str, list[bytes]], batch: int, data_dir: Path) -> dic
     return figures
 
 
-async def create_topics(bootstrap: str, settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        topics = (settings.kafka_topic, settings.kafka_results_topic, settings.kafka_dlq_topic)
-        await admin.create_topics([NewTopic(t, num_partitions=PARTITIONS, replication_factor=1) for t in topics])
-    finally:
-        await admin.close()
-
-
 def markdown(e2e: dict[str, dict[str, float]], local: dict[str, dict[str, float]], batch: int) -> str:
     lines = [
         f"| records | count | end to end (records/s) | CPU per record: worker / broker / producer+reader | "
@@ -211,7 +200,7 @@ def main() -> None:
         "attack": repeated(read_records(CIC_ORIGINAL), args.attack),
     }
     with tempfile.TemporaryDirectory(prefix="nids-stream-bench-") as scratch, DevBroker() as broker:
-        asyncio.run(create_topics(broker.bootstrap, Settings()))
+        asyncio.run(create_topics(broker.bootstrap, Settings(), PARTITIONS))
         env = {
             **os.environ,
             "NIDS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,

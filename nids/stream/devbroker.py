@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from nids.core.settings import Settings
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -59,3 +61,16 @@ class DevBroker:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
+
+
+async def create_topics(bootstrap: str, settings: Settings, partitions: int) -> None:
+    """The worker's three topics (records, results, dead letters) with `partitions` partitions each."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = (settings.kafka_topic, settings.kafka_results_topic, settings.kafka_dlq_topic)
+        await admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics])
+    finally:
+        await admin.close()

@@ -22,11 +22,10 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from nids.core.settings import Settings
-from nids.stream.devbroker import DevBroker, free_port
+from nids.stream.devbroker import DevBroker, create_topics, free_port
 from nids.stream.produce import encode, publish, read_records
 from training.data import CIC_ORIGINAL, NSL_KDD_TEST
 
@@ -193,20 +192,10 @@ class Stream:
             worker.close()
 
 
-async def _create_topics(bootstrap: str, settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        topics = (settings.kafka_topic, settings.kafka_results_topic, settings.kafka_dlq_topic)
-        await admin.create_topics([NewTopic(t, num_partitions=PARTITIONS, replication_factor=1) for t in topics])
-    finally:
-        await admin.close()
-
-
 @pytest.fixture
 def stream(model_store, tmp_path: Path) -> Iterator[Stream]:
     with DevBroker(tmp_path / "broker.log") as broker:
-        asyncio.run(_create_topics(broker.bootstrap, Settings()))
+        asyncio.run(create_topics(broker.bootstrap, Settings(), PARTITIONS))
         env = {
             **os.environ,
             "BENTOML_HOME": str(model_store.home),
