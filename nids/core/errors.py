@@ -36,6 +36,11 @@ class InvalidInput(NIDSError):
 
     status_code = HTTPStatus.BAD_REQUEST
 
+    @classmethod
+    def fields(cls, detail: Sequence[dict[str, Any]]) -> InvalidInput:
+        """A refusal listing every invalid field, with the count as its message."""
+        return cls(f"{len(detail)} invalid field(s) in the request", detail=detail)
+
 
 class NotFound(NIDSError):
     status_code = HTTPStatus.NOT_FOUND

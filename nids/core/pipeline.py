@@ -98,7 +98,7 @@ def check_codes(model: LoadedModel, flows: Sequence[ThreatFlow], rows: Sequence[
                 message = f"Input should be a known name or a code within [0, {high}]"
                 detail.append({"loc": ["flows", row, feature], "msg": message, "type": "category_code"})
     if detail:
-        raise InvalidInput(f"{len(detail)} invalid field(s) in the request", detail=detail)
+        raise InvalidInput.fields(detail)
 
 
 def detect_threats(

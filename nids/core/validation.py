@@ -175,4 +175,4 @@ def invalid_fields(error: ValidationError, *prefix: str) -> InvalidInput:
     detail = error.errors(include_url=False, include_context=False, include_input=False)
     for item in detail:
         item["loc"] = [*prefix, *item["loc"]]
-    return InvalidInput(f"{len(detail)} invalid field(s) in the request", detail=detail)
+    return InvalidInput.fields(detail)

@@ -92,11 +92,6 @@ class ModelRegistry:
         """Why the registry is not ready ('' when it is)."""
         return self._reason
 
-    def categories(self, feature: str) -> list[str] | None:
-        """Categories of a threat feature in the active model (None when no model is active)."""
-        models = self._active
-        return None if models is None else models.threat.encoders.get(feature)
-
 
 # The pair this process serves; the service loads into it at startup.
 REGISTRY = ModelRegistry()

@@ -80,7 +80,7 @@ def install_fastapi(app: FastAPI) -> None:
     async def invalid_request(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
         detail = [{key: item[key] for key in ("loc", "msg", "type") if key in item} for item in error.errors()]
-        return await nids_error(request, InvalidInput(f"{len(detail)} invalid field(s) in the request", detail=detail))
+        return await nids_error(request, InvalidInput.fields(detail))
 
     async def http_error(request: Request, error: Exception) -> Response:  # unknown path, method not allowed
         assert isinstance(error, StarletteHTTPException)

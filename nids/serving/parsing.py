@@ -51,18 +51,16 @@ def _deserialize_json(self: JSONSerde, payload: Payload, cls: Any) -> Any:
         data = json.loads(body, object_pairs_hook=_unique_keys)
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         message = f"Invalid JSON: {error}"
-        raise InvalidInput(
-            "1 invalid field(s) in the request", detail=[{"loc": [], "msg": message, "type": "json_invalid"}]
-        ) from None
+        raise InvalidInput.fields([{"loc": [], "msg": message, "type": "json_invalid"}]) from None
     if not isinstance(data, dict) and not issubclass(cls, IORootModel):  # pydantic would name the IO class
         detail = [{"loc": [], "msg": "Input should be an object", "type": "model_type"}]
-        raise InvalidInput("1 invalid field(s) in the request", detail=detail)
+        raise InvalidInput.fields(detail)
     return cls.model_validate(data)
 
 
 def not_an_upload(field: str) -> InvalidInput:
     message = f"'{field}' must be an uploaded file (a multipart/form-data file part); a URL or a path is never fetched"
-    return InvalidInput("1 invalid field(s) in the request", detail=[{"loc": [field], "msg": message, "type": RULE}])
+    return InvalidInput.fields([{"loc": [field], "msg": message, "type": RULE}])
 
 
 async def _parse_multipart(self: MultipartSerde, request: Request, cls: Any) -> Any:
