@@ -22,19 +22,14 @@ def category_code(value: str | int, categories: Sequence[str]) -> int:
     Unknown names map to UNKNOWN_CODE; a code outside [0, len(categories)) raises ValueError.
     """
     if isinstance(value, str):
-        return _codes(tuple(categories)).get(value, UNKNOWN_CODE)
+        return code_table(tuple(categories)).get(value, UNKNOWN_CODE)
     if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < len(categories):
         raise ValueError(f"code must be an integer within [0, {len(categories) - 1}] or a known name")
     return int(value)
 
 
-def is_unknown_name(value: str | int, categories: Sequence[str]) -> bool:
-    """True for a name the model has no code for (it is scored as UNKNOWN_CODE, as in training)."""
-    return isinstance(value, str) and value not in _codes(tuple(categories))
-
-
 @lru_cache(maxsize=32)
-def _codes(categories: tuple[str, ...]) -> dict[str, int]:
+def code_table(categories: tuple[str, ...]) -> dict[str, int]:
     """name -> code (its first index) of one ordered category list."""
     codes: dict[str, int] = {}
     for code, name in enumerate(categories):

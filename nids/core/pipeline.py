@@ -1,9 +1,10 @@
 """What the APIs do, independent of any server: validated flows in, predictions and actions out.
 
 Every function takes the models snapshot it works with (`ModelRegistry.active()`), so a version switch
-never mixes two versions inside one request. Rows become matrices only through nids.core.encoding.to_matrix;
-the rest is vectorised over the batch. Self-healing is a `Healer` (the engine's `handle`), and what was
-predicted is reported to an `Observer` (the service's Prometheus metrics): the core knows neither.
+never mixes two versions inside one request. Flows are scored as columns (nids.core.columns.FlowBatch: the
+batched APIs validate straight into one, analyze converts its flow models); the rest is vectorised over the
+batch. Self-healing is a `Healer` (the engine's `handle`), and what was predicted is reported to an
+`Observer` (the service's Prometheus metrics): the core knows neither.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from nids.core.actions import AttackEvent, HealingAction
-from nids.core.encoding import is_unknown_name, to_matrix
+from nids.core.columns import AttackScores, FlowBatch, ThreatScores
+from nids.core.encoding import code_table
 from nids.core.errors import InvalidInput, RequestTooLarge
-from nids.core.features import THREAT_CATEGORICAL, THREAT_FEATURES
+from nids.core.features import THREAT_FEATURES
 from nids.core.schemas import (
     ATTACK_ATTRIBUTE,
     CONTEXT_FIELDS,
@@ -29,7 +31,6 @@ from nids.core.schemas import (
     AnalyzeResult,
     AnalyzeSummary,
     AttackPrediction,
-    ClassProbability,
     ModelDescription,
     ModelInfo,
     ThreatFlow,
@@ -79,100 +80,74 @@ _CSV_FEATURES: dict[str, frozenset[str]] = {
 }
 
 
-def probabilities(model: LoadedModel, flows: Sequence[ThreatFlow] | Sequence[AttackFlow]) -> np.ndarray:
+def probabilities(model: LoadedModel, flows: FlowBatch) -> np.ndarray:
     """(n, n_classes) class probabilities, clipped to [0, 1] (float32 sums can exceed 1 by an ulp)."""
-    return np.clip(model.predict_proba(to_matrix(flows, model.feature_names, model.encoders)), 0.0, 1.0)
+    if not len(flows):
+        return np.empty((0, len(model.class_names)))
+    return np.clip(model.predict_proba(flows.matrix(model)), 0.0, 1.0)
 
 
-def check_codes(model: LoadedModel, flows: Sequence[ThreatFlow], rows: Sequence[int] | None = None) -> None:
+def check_codes(model: LoadedModel, flows: FlowBatch, rows: Sequence[int] | None = None) -> None:
     """Refuse category codes past the serving model's categories (400 naming row and field).
 
     `rows` are the flows' positions in the request (default: 0..n-1), so the error names the row the caller sent.
     """
     detail = []
-    for position, flow in enumerate(flows):
-        for feature in THREAT_CATEGORICAL:
-            value, high = flow[feature], len(model.encoders.get(feature, ())) - 1
+    for feature, values in flows.categories.items():
+        high = len(model.encoders.get(feature, ())) - 1
+        for position, value in enumerate(values):
             if isinstance(value, int) and value > high:
                 row = position if rows is None else rows[position]
                 message = f"Input should be a known name or a code within [0, {high}]"
                 detail.append({"loc": ["flows", row, feature], "msg": message, "type": "category_code"})
     if detail:
-        raise InvalidInput.fields(detail)
+        raise InvalidInput.fields(sorted(detail, key=lambda item: item["loc"][1]))
 
 
 def detect_threats(
     models: ActiveModels,
-    flows: Sequence[ThreatFlow],
+    flows: FlowBatch | Sequence[ThreatFlow],
     observer: Observer | None = None,
     rows: Sequence[int] | None = None,
-) -> list[ThreatPrediction]:
+) -> ThreatScores:
     model = models.threat
-    if not flows:
-        return []
-    check_codes(model, flows, rows)
-    scores = probabilities(model, flows)[:, 1]
+    batch = FlowBatch.of("threat", flows)
+    check_codes(model, batch, rows)
+    scores = probabilities(model, batch)[:, 1]
     threshold = float(model.threshold if model.threshold is not None else 0.5)  # none recorded: argmax
     is_attack = scores >= threshold
-    unknown = unknown_categories(model, flows)
-    if observer is not None:
+    unknown = unknown_categories(model, batch)
+    if observer is not None and len(batch):
         observer.count_threats(is_attack)
         for feature, n in Counter(name for names in unknown for name in names).items():
             observer.count_unknown_categories(feature, n)
-    return [
-        ThreatPrediction(
-            **flow.context(),
-            prediction_score=float(score),
-            is_attack=bool(attack),
-            threshold=threshold,
-            model_version=model.tag,
-            unknown_categories=names,
-        )
-        for flow, score, attack, names in zip(flows, scores, is_attack, unknown, strict=True)
-    ]
+    return ThreatScores(batch.context, scores, is_attack, threshold, model.tag, unknown)
 
 
-def unknown_categories(model: LoadedModel, flows: Sequence[ThreatFlow]) -> list[list[str]]:
+def unknown_categories(model: LoadedModel, flows: FlowBatch) -> list[list[str]]:
     """Per flow, the categorical features whose name the model does not know (scored as the unknown code)."""
-    encoders = {feature: model.encoders.get(feature, ()) for feature in THREAT_CATEGORICAL}
-    return [
-        [feature for feature, categories in encoders.items() if is_unknown_name(flow[feature], categories)]
-        for flow in flows
-    ]
+    unknown: list[list[str]] = [[] for _ in range(len(flows))]
+    for feature, values in flows.categories.items():
+        known = code_table(tuple(model.encoders.get(feature, ())))
+        for names, value in zip(unknown, values, strict=True):
+            if type(value) is str and value not in known:
+                names.append(feature)
+    return unknown
 
 
 def classify_attacks(
-    models: ActiveModels, flows: Sequence[AttackFlow], observer: Observer | None = None
-) -> list[AttackPrediction]:
-    return _attack_predictions(models.attack, flows, probabilities(models.attack, flows), observer)[0]
+    models: ActiveModels, flows: FlowBatch | Sequence[AttackFlow], observer: Observer | None = None
+) -> AttackScores:
+    batch = FlowBatch.of("attack", flows)
+    return attack_scores(models.attack, batch, probabilities(models.attack, batch), observer)
 
 
-def _attack_predictions(
-    model: LoadedModel, flows: Sequence[AttackFlow], proba: np.ndarray, observer: Observer | None
-) -> tuple[list[AttackPrediction], np.ndarray]:
-    """Predictions from the probability matrix, and the predicted codes."""
-    if not flows:
-        return [], np.empty(0, dtype=np.int64)
+def attack_scores(model: LoadedModel, flows: FlowBatch, proba: np.ndarray, observer: Observer | None) -> AttackScores:
+    """The predictions of a batch from its probability matrix: the TOP_CLASSES most probable classes of each."""
     top = np.argsort(-proba, axis=1, kind="stable")[:, :TOP_CLASSES]
-    codes = top[:, 0]
-    if observer is not None:
-        observer.count_attacks(codes, model.class_names)
-    names = model.class_names
-    predictions = [
-        AttackPrediction(
-            **flow.context(),
-            attack_type_encoded=int(row_top[0]),
-            attack_type_name=names[row_top[0]],
-            confidence=float(row[row_top[0]]),
-            top_classes=[
-                ClassProbability(attack_type_name=names[c], attack_type_encoded=int(c), probability=float(row[c]))
-                for c in row_top
-            ],
-            model_version=model.tag,
-        )
-        for flow, row, row_top in zip(flows, proba, top, strict=True)
-    ]
-    return predictions, codes
+    if observer is not None and len(flows):
+        observer.count_attacks(top[:, 0], model.class_names)
+    return AttackScores(flows.context, top, np.take_along_axis(proba, top, axis=1), model.class_names, model.tag)
 
 
 def self_heal(heal: Healer, events: Sequence[AttackEvent], observer: Observer | None = None) -> list[HealingAction]:
@@ -193,15 +168,16 @@ def analyze(
     flows = [item.root for item in items]
     threat_index = [i for i, flow in enumerate(flows) if isinstance(flow, ThreatFlow)]
     attack_index = [i for i, flow in enumerate(flows) if not isinstance(flow, ThreatFlow)]
-    threat_flows = [flows[i] for i in threat_index]
-    attack_flows = [flows[i] for i in attack_index]
+    threat_flows = FlowBatch.of("threat", [flows[i] for i in threat_index])
+    attack_flows = FlowBatch.of("attack", [flows[i] for i in attack_index])
 
     results: dict[int, AnalyzeResult] = {}
     for i, prediction in zip(threat_index, detect_threats(models, threat_flows, observer, threat_index), strict=True):
         results[i] = AnalyzeResult(**_echo(prediction), index=i, kind="threat", threat_prediction=prediction)
 
-    proba = probabilities(models.attack, attack_flows) if attack_flows else np.empty((0, 0))
-    attack_predictions, codes = _attack_predictions(models.attack, attack_flows, proba, observer)
+    proba = probabilities(models.attack, attack_flows)
+    attack_predictions = attack_scores(models.attack, attack_flows, proba, observer)
+    codes = attack_predictions.codes
     events = [
         AttackEvent(
             attack_type=p.attack_type_name,
@@ -215,7 +191,7 @@ def analyze(
         for p in attack_predictions
     ]
     actions = self_heal(heal, events, observer) if events else []
-    benign_proba = proba[:, BENIGN_CODE] if attack_flows else np.empty(0)
+    benign_proba = proba[:, BENIGN_CODE]
     for i, prediction, p_benign, code, action in zip(
         attack_index, attack_predictions, benign_proba, codes, actions, strict=True
     ):

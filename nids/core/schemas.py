@@ -35,7 +35,6 @@ from nids.core.validation import (
     ATTACK_RULES,
     THREAT_RULES,
     FeatureRule,
-    check_batched_row_count,
     check_row_count,
 )
 
@@ -181,9 +180,8 @@ class AnalyzeFlow(
     """A flow for either model, recognised by its field names: the 10 threat features or the 42 flow features."""
 
 
-# request bodies: row limit checked before any row is validated (413)
-ThreatFlows = Annotated[list[ThreatFlow], BeforeValidator(check_batched_row_count)]
-AttackFlows = Annotated[list[AttackFlow], BeforeValidator(check_batched_row_count)]
+# request bodies: row limit checked before any row is validated (413); the batched APIs' bodies are
+# nids.core.columns.ThreatFlows / AttackFlows (the same check, then the flows as columns)
 AnalyzeFlows = Annotated[list[AnalyzeFlow], BeforeValidator(check_row_count)]
 AttackEvents = Annotated[list[AttackEvent], BeforeValidator(check_row_count)]
 

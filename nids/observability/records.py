@@ -1,20 +1,24 @@
 """What a predicting API hands to the prediction log: one `PredictionBatch` per call, built in microseconds.
 
 The batch keeps references to the validated flows and the predictions the API returns; turning them into rows
-(`PredictionBatch.rows()`) happens on the log's writer thread, off the request path. Any producer (the service's
+(`PredictionBatch.rows()`) happens on the log's writer thread, off the request path: from the columns of a
+`FlowBatch` and its scores for the batched APIs, from the response objects for analyze. Any producer (the service's
 APIs, the stream worker) builds one with `of_threats`, `of_attacks` or `of_analysis` and passes it to a
 `PredictionSink`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import orjson
+
+from nids.core.columns import AttackScores, FlowBatch, ThreatScores
 from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_FEATURES
 from nids.core.schemas import CONTEXT_FIELDS, ThreatFlow
 
@@ -62,9 +66,9 @@ class PredictionBatch:
     source: Source
     threat_model_version: str
     attack_model_version: str
-    flows: Sequence[ThreatFlow | AttackFlow]
-    threats: Sequence[ThreatPrediction | None]
-    attacks: Sequence[AttackPrediction | None]
+    flows: FlowBatch | Sequence[ThreatFlow | AttackFlow]
+    threats: ThreatScores | Sequence[ThreatPrediction | None]
+    attacks: AttackScores | Sequence[AttackPrediction | None]
     actions: Sequence[HealingAction | None]
     created_at: float = field(default_factory=time.time)
     batch_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -74,17 +78,17 @@ class PredictionBatch:
 
     @classmethod
     def of_threats(
-        cls, models: ActiveModels, flows: Sequence[ThreatFlow], predictions: Sequence[ThreatPrediction], source: Source
+        cls, models: ActiveModels, flows: FlowBatch | Sequence[ThreatFlow], scores: ThreatScores, source: Source
     ) -> PredictionBatch:
         none = [None] * len(flows)
-        return cls(source, models.threat.tag, models.attack.tag, flows, predictions, none, none)
+        return cls(source, models.threat.tag, models.attack.tag, FlowBatch.of("threat", flows), scores, none, none)
 
     @classmethod
     def of_attacks(
-        cls, models: ActiveModels, flows: Sequence[AttackFlow], predictions: Sequence[AttackPrediction], source: Source
+        cls, models: ActiveModels, flows: FlowBatch | Sequence[AttackFlow], scores: AttackScores, source: Source
     ) -> PredictionBatch:
         none = [None] * len(flows)
-        return cls(source, models.threat.tag, models.attack.tag, flows, none, predictions, none)
+        return cls(source, models.threat.tag, models.attack.tag, FlowBatch.of("attack", flows), none, scores, none)
 
     @classmethod
     def of_analysis(
@@ -101,8 +105,10 @@ class PredictionBatch:
             [r.self_healing_action for r in results],
         )
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One row (COLUMNS) per flow."""
+    def rows(self) -> list[tuple[Any, ...]]:
+        """One row per flow: its values in COLUMNS order."""
+        if isinstance(self.flows, FlowBatch):
+            return self._batch_rows(self.flows)
         common = {
             "created_at": self.created_at,
             "source": self.source,
@@ -128,10 +134,39 @@ class PredictionBatch:
                     "action_type": action.action_type if action else None,
                     "action_status": str(action.status) if action else None,
                     "action_description": action.action_description if action else None,
-                    "features": json.dumps({name: flow[name] for name in names}),
+                    "features": orjson.dumps({name: flow[name] for name in names}).decode(),
                 }
             )
-        return rows
+        return list(map(_IN_ORDER, rows))
+
+    def _batch_rows(self, flows: FlowBatch) -> list[tuple[Any, ...]]:
+        """The rows of a batched API's call, column by column (one kind, no action)."""
+        n = len(flows)
+        none: list[Any] = [None] * n
+        columns: dict[str, Sequence[Any]] = {
+            "created_at": [self.created_at] * n,
+            "source": [self.source] * n,
+            "batch_id": [self.batch_id] * n,
+            "kind": [flows.kind] * n,
+            **flows.context,
+            "threat_model_version": [self.threat_model_version] * n,
+            "attack_model_version": [self.attack_model_version] * n,
+            "features": [orjson.dumps(features).decode() for features in flows.feature_dicts()],
+        }
+        if isinstance(self.threats, ThreatScores):
+            columns["is_attack"] = self.threats.is_attack.astype(int).tolist()
+            columns["threat_score"] = self.threats.scores.tolist()
+            columns["threshold"] = [self.threats.threshold] * n
+        elif isinstance(self.attacks, AttackScores):
+            names = [self.attacks.class_names[code] for code in self.attacks.codes.tolist()]
+            columns["is_attack"] = [int(name != BENIGN) for name in names]
+            columns["attack_type"] = names
+            columns["attack_confidence"] = self.attacks.top_proba[:, 0].tolist()
+        ordered = [columns.get(column, none) for column in COLUMNS]
+        return list(zip(*ordered, strict=True))
+
+
+_IN_ORDER = itemgetter(*COLUMNS)
 
 
 def _is_attack(prediction: AttackPrediction) -> bool:

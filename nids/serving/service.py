@@ -1,10 +1,11 @@
 """nids-bento: the BentoML service (`bentoml serve nids.serving.service:NIDSService`).
 
 Thin: each API is one typed method over nids.core.pipeline; errors are mapped to HTTP in nids.serving.errors,
-readiness and body limits in nids.serving.middleware. Flows are validated by their pydantic models per request
-(before adaptive batching merges requests). Models are loaded, hash-checked and reference-tested at startup into
-nids.models.registry.REGISTRY; when that fails the service still starts but /readyz and every model API answer
-503 with the reason, and no model is served.
+readiness and body limits in nids.serving.middleware. Flows are validated per request, before adaptive batching
+merges requests: the batched APIs column by column into a FlowBatch (nids.core.columns, the same rules and
+messages as the pydantic flow models, which analyze uses). Models are loaded, hash-checked and reference-tested at
+startup into nids.models.registry.REGISTRY; when that fails the service still starts but /readyz and every model
+API answer 503 with the reason, and no model is served.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from nids.core import pipeline
 from nids.core.actions import HealingAction
+from nids.core.columns import AttackFlows, AttackPredictions, ThreatFlows, ThreatPredictions
 from nids.core.errors import NotFound
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.schemas import (
@@ -29,11 +31,7 @@ from nids.core.schemas import (
     AnalyzeFlows,
     AnalyzeResponse,
     AttackEvents,
-    AttackFlows,
-    AttackPrediction,
     ModelInfo,
-    ThreatFlows,
-    ThreatPrediction,
 )
 from nids.core.settings import Settings, get_settings
 from nids.healing.engine import HealingEngine
@@ -43,7 +41,7 @@ from nids.models.lifecycle import Lifecycle
 from nids.models.registry import REGISTRY
 from nids.models.state import open_lifecycle_store
 from nids.observability.records import PredictionBatch, Source
-from nids.serving import bentoml_fixes, errors, parsing
+from nids.serving import batching, bentoml_fixes, errors, parsing
 from nids.serving.auth import AccessGuard, Caller, caller_of, token_book
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import RequestGuard
@@ -57,6 +55,7 @@ logger = logging.getLogger("nids.service")
 bentoml_fixes.install()
 errors.install()
 parsing.install()  # JSON without duplicate keys; a file field only as an upload, never fetched (issue 12)
+batching.install()  # the batched APIs' column batches merge and split (nids.serving.batching)
 
 # Declaring the media type of list outputs spares BentoML 1.4.39 from generating their whole JSON schema on every
 # response just to learn it is JSON (~1.5 ms of CPU per response, 40% of a single-flow request).
@@ -139,7 +138,7 @@ class NIDSService:
         return self.healer(caller_of(ctx))
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_LATENCY_MS)
-    def detect_threat(self, flows: ThreatFlows) -> Annotated[list[ThreatPrediction], JSON]:
+    def detect_threat(self, flows: ThreatFlows) -> Annotated[ThreatPredictions, JSON]:
         """Threat score of NSL-KDD flows (10 features)."""
         models = self.models.active()
         predictions = pipeline.detect_threats(models, flows, self.metrics)
@@ -147,7 +146,7 @@ class NIDSService:
         return predictions
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_LATENCY_MS)
-    def classify_attack(self, flows: AttackFlows) -> Annotated[list[AttackPrediction], JSON]:
+    def classify_attack(self, flows: AttackFlows) -> Annotated[AttackPredictions, JSON]:
         """Attack type of CICFlowMeter flows (42 features)."""
         models = self.models.active()
         predictions = pipeline.classify_attacks(models, flows, self.metrics)

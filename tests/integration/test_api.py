@@ -6,6 +6,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +301,46 @@ def test_metrics_count_predictions(http: httpx.Client) -> None:
     assert 'nids_active_model{inference_form="onnx",name="threat_detector"' in metrics
     assert "nids_reference_checks_passed" in metrics
     assert "nids_healing_actions_total" in metrics
+
+
+def test_concurrent_requests_batched_together_get_their_own_rows(server: Server) -> None:
+    """Adaptive batching merges the column batches of concurrent requests and splits the scores back (a request
+    past max_batch_size, split by the dispatcher and merged again: test_observability's 2,000-flow requests)."""
+    sizes = [1, 7, 20, 2, 13, 1, 19, 5]  # this module's server allows 20 rows per batched request
+
+    def call(size: int, tag: str) -> tuple[int, list[dict[str, Any]]]:
+        flows = [{**THREAT_MESSAGE, "flow_id": f"{tag}-{i}", "src_port": i} for i in range(size)]
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            response = post(client, "/detect_threat", {"flows": flows})
+        return response.status_code, response.json()
+
+    with ThreadPoolExecutor(max_workers=len(sizes)) as pool:
+        answers = list(pool.map(call, sizes, [f"r{n}" for n in range(len(sizes))]))
+    for n, (size, (status, body)) in enumerate(zip(sizes, answers, strict=True)):
+        assert status == 200
+        assert [p["flow_id"] for p in body] == [f"r{n}-{i}" for i in range(size)]
+        assert [p["src_port"] for p in body] == list(range(size))
+        assert len({p["prediction_score"] for p in body}) == 1  # the same flow everywhere: the same score
+
+
+def test_batched_apis_with_the_python_client(server: Server, model_store: Any) -> None:
+    with bentoml.SyncHTTPClient(server.url) as client:
+        threat = client.detect_threat(flows=[THREAT_MESSAGE])
+        attack = client.classify_attack(flows=[ATTACK_FLOW])
+    assert threat[0]["model_version"] == model_store.threat_tag and 0 <= threat[0]["prediction_score"] <= 1
+    assert attack[0]["attack_type_name"] in ATTACK_CLASSES and len(attack[0]["top_classes"]) == 3
+
+
+def test_the_batched_apis_document_the_flow_and_prediction_lists(http: httpx.Client) -> None:
+    spec = http.get("/docs.json").json()
+    for path, flow, prediction in (
+        ("/detect_threat", "ThreatFlow", "ThreatPrediction"),
+        ("/classify_attack", "AttackFlow", "AttackPrediction"),
+    ):
+        operation = spec["paths"][path]["post"]
+        request = operation["requestBody"]["content"]["application/json"]["schema"]
+        flows = request["properties"]["flows"]
+        assert flows["type"] == "array" and flows["items"]["$ref"].endswith(f"/{flow}")
+        response = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        assert response["type"] == "array" and response["items"]["$ref"].endswith(f"/{prediction}")
+        assert flow in spec["components"]["schemas"] and prediction in spec["components"]["schemas"]
