@@ -1,9 +1,12 @@
 """How request bodies are read: JSON without duplicate keys, file fields only as uploads (BentoML 1.4.39).
 
 JSON: BentoML hands the raw body to pydantic, which keeps the last of duplicate keys (`{"src_bytes": 1,
-"src_bytes": -5}` silently means -5). `install()` decodes it with the standard library instead, refusing any
-object with a repeated key (400 naming the key), and validates the decoded value: the same rules and messages
-(same speed or better: measured 38 ms against 47 ms for 1,000 attack flows). Integers keep their exact value, so
+"src_bytes": -5}` silently means -5). `install()` decodes it itself, refusing any object with a repeated key
+(400 naming the key), and validates the decoded value: the same rules and messages. `decode` tries orjson
+first (2-3x faster than the standard library on flow bodies) and proves the absence of repeated keys by counting
+them (`_keys_counted`); any body it cannot prove, orjson refuses (NaN, Infinity, invalid JSON) or would read
+differently (an integer of 19 or more digits, which orjson turns into a float past 64 bits), is decoded by the
+standard library exactly as before. Integers keep their exact value, so
 `10**400` is refused by the float32 rule rather than read as infinity.
 
 Files: BentoML's request parsing accepts a *string* where an API takes a file (`analyze_csv`'s `file`) and downloads
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from typing import Any
 
 import bentoml
+import orjson
 from _bentoml_impl.serde import JSONSerde, MultipartSerde, Payload
 from _bentoml_sdk.io_models import IORootModel
 from starlette.datastructures import UploadFile
@@ -45,13 +50,62 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _deserialize_json(self: JSONSerde, payload: Payload, cls: Any) -> Any:
-    body = b"".join(payload.data) or b"{}"
+def decode(body: bytes) -> Any:
+    """The JSON value of a request body; InvalidInput for invalid JSON or a key repeated within an object."""
     try:
-        data = json.loads(body, object_pairs_hook=_unique_keys)
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = _NOT_DECODED
+    if data is not _NOT_DECODED and _read_alike(body, data):
+        return data
+    try:
+        return json.loads(body, object_pairs_hook=_unique_keys)
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         message = f"Invalid JSON: {error}"
         raise InvalidInput.fields([{"loc": [], "msg": message, "type": "json_invalid"}]) from None
+
+
+_NOT_DECODED = object()
+
+
+def _read_alike(body: bytes, data: Any) -> bool:
+    """True when `data` is the standard library's value of `body` (no integer orjson widens to a float), with
+    every key of the body kept (none repeated)."""
+    return _LONG_DIGITS not in body.translate(_DIGITS) and _keys_counted(body, data)
+
+
+_DIGITS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))  # every digit -> "0", else " "
+_LONG_DIGITS = b"0" * 19  # 19 digits reach 2**63: orjson reads longer integers as floats
+
+
+def _keys_counted(body: bytes, data: Any) -> bool:
+    """True when `data` (decoded from `body`) provably kept every key of the body, i.e. none was repeated.
+
+    Without a backslash in the body every `"` delimits a string, and with no whitespace between a closing quote and
+    a colon every key of the body ends in `":`, so the body holds at most body.count(b'":') keys. The keys kept
+    are at least those counted here (the top level and the objects of top-level lists). Equal counts leave no room
+    for a repeated key; anything else (escapes, spaced colons, deeper objects, a value starting with `:`) returns
+    False and is decoded by the standard library.
+    """
+    if b"\\" in body:
+        return False
+    keys_at_most = body.count(b'":')
+    if body.count(b":") != keys_at_most and _SPACED_COLON.search(body):  # only colons after quotes: none spaced
+        return False
+    kept = 0
+    if type(data) is dict:
+        kept = len(data)
+        for value in data.values():
+            if type(value) is list:
+                kept += sum(len(item) for item in value if type(item) is dict)
+    return kept == keys_at_most
+
+
+_SPACED_COLON = re.compile(rb'"[ \t\r\n]+:')
+
+
+def _deserialize_json(self: JSONSerde, payload: Payload, cls: Any) -> Any:
+    data = decode(b"".join(payload.data) or b"{}")
     if not isinstance(data, dict) and not issubclass(cls, IORootModel):  # pydantic would name the IO class
         detail = [{"loc": [], "msg": "Input should be an object", "type": "model_type"}]
         raise InvalidInput.fields(detail)
