@@ -152,8 +152,8 @@ class PredictionStore:
         return self.schema_version()
 
     # --- writes ------------------------------------------------------------------------------------------
-    def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Raises the driver's error: the log's writer counts what could not be written."""
+    def insert(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Rows of values in COLUMNS order; raises the driver's error: the log's writer counts what was not written."""
         if rows:
             values = ", ".join(":" + column for column in COLUMNS)
             sql = f"INSERT INTO {self.predictions} ({', '.join(COLUMNS)}) VALUES ({values})"
