@@ -3,8 +3,9 @@
 For each model and each inference form stored with it (ONNX Runtime, scikit-learn), the time of one
 `LoadedModel.predict_proba` call at batch 1, 32, 256 and 1,024 on held-out real flows (loadtest/payloads), as
 the median of repeated timed blocks. Then, at batch 1,024 and in the form the service uses, the cost of every
-stage of the service's hot path per flow: JSON body -> validated pydantic flows, flows -> matrix (to_matrix),
-model, predictions -> response objects, response -> JSON. Prints Markdown tables; writes JSON under
+stage of the service's hot path per flow: JSON body -> decoded value (nids.serving.parsing.decode) -> validated
+columns (nids.core.columns.validate_flows), batch -> matrix, model, pipeline call (matrix + model + scores),
+scores -> JSON. Prints Markdown tables; writes JSON under
 loadtest/results/benchmarks/.
 """
 
@@ -21,17 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import TypeAdapter
 
 from loadtest.payloads import load_pool
 from loadtest.run import RESULTS, git_version
 from nids.core import pipeline
+from nids.core.columns import validate_flows
 from nids.core.encoding import to_matrix
 from nids.core.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.model import ActiveModels, LoadedModel
-from nids.core.schemas import AttackFlows, AttackPrediction, ThreatFlows, ThreatPrediction
 from nids.models.artifacts import load_model
 from nids.serving.metrics import service_metrics
+from nids.serving.parsing import decode
 
 BATCHES = (1, 32, 256, 1024)
 HOT_PATH_BATCH = 1024
@@ -88,25 +89,24 @@ def bench_hot_path(tags: dict[str, str], seconds: float) -> list[dict[str, Any]]
     metrics = service_metrics()  # the service counts every prediction: so does the measured pipeline call
     stages = []
     plans = (
-        ("detect_threat", "threat", ThreatFlows, ThreatPrediction, pipeline.detect_threats, models.threat),
-        ("classify_attack", "attack", AttackFlows, AttackPrediction, pipeline.classify_attacks, models.attack),
+        ("detect_threat", "threat", pipeline.detect_threats, models.threat),
+        ("classify_attack", "attack", pipeline.classify_attacks, models.attack),
     )
-    for api, kind, request_type, reply_type, run, model in plans:
+    for api, kind, run, model in plans:
         pool = load_pool(kind)
-        body = json.dumps([pool[i % len(pool)] for i in range(HOT_PATH_BATCH)]).encode()
-        request, reply = TypeAdapter(request_type), TypeAdapter(list[reply_type])
-        flows = request.validate_json(body)
-        X = to_matrix(flows, model.feature_names, model.encoders)
-        predictions = run(models, flows, metrics)
+        body = json.dumps({"flows": [pool[i % len(pool)] for i in range(HOT_PATH_BATCH)]}).encode()
+        rows = decode(body)["flows"]
+        flows = validate_flows(kind, rows)
+        X = flows.matrix(model)
+        scores = run(models, flows, metrics)
         steps: list[tuple[str, Callable[[], object]]] = [
-            ("validate JSON body into pydantic flows", lambda request=request, body=body: request.validate_json(body)),
-            ("to_matrix (flows -> float32 matrix)", lambda flows=flows, model=model: to_matrix(
-                flows, model.feature_names, model.encoders)),
+            ("decode the JSON body", lambda body=body: decode(body)),
+            ("validate rows into columns", lambda kind=kind, rows=rows: validate_flows(kind, rows)),
+            ("batch -> float32 matrix", lambda flows=flows, model=model: flows.matrix(model)),
             (f"predict_proba ({model.inference_form})", lambda X=X, model=model: model.predict_proba(X)),
-            ("pipeline call (to_matrix + model + prediction objects)",
-             lambda run=run, flows=flows: run(models, flows, metrics)),
-            ("serialise predictions to JSON", lambda reply=reply, out=predictions: reply.dump_json(out)),
-        ]  # fmt: skip
+            ("pipeline call (matrix + model + scores)", lambda run=run, flows=flows: run(models, flows, metrics)),
+            ("serialise scores to JSON", lambda scores=scores: scores.json()),
+        ]
         for stage, call in steps:
             per_call = per_call_seconds(call, seconds)
             stages.append({"api": api, "stage": stage, "us_per_flow": per_call * 1e6 / HOT_PATH_BATCH})
