@@ -135,6 +135,7 @@ class FlowBatch:
     values: np.ndarray  # (n, features) float64; categorical columns hold 0 (their values are in `categories`)
     categories: dict[str, list[str | int]] = field(default_factory=dict)  # threat: service / flag as sent
     context: dict[str, list[Any]] = field(default_factory=dict)  # every CONTEXT_FIELDS name -> n values
+    _codes: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)  # (model tag, feature)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -184,10 +185,17 @@ class FlowBatch:
                 X[:, j] = self.codes(model, name)
         return X.astype(np.float32)
 
-    def codes(self, model: LoadedModel, feature: str) -> list[int]:
-        """Codes of one categorical column: names through the model's categories (unknown: UNKNOWN_CODE)."""
-        codes = code_table(tuple(model.encoders.get(feature, ())))
-        return [codes.get(v, UNKNOWN_CODE) if isinstance(v, str) else v for v in self.categories[feature]]
+    def codes(self, model: LoadedModel, feature: str) -> np.ndarray:
+        """Codes of one categorical column: names through the model's categories (unknown: UNKNOWN_CODE), codes as
+        sent (checked against the model by the pipeline). Computed once per model and feature."""
+        key = (model.tag, feature)
+        if key not in self._codes:
+            table = code_table(tuple(model.encoders.get(feature, ())))
+            values = self.categories[feature]
+            self._codes[key] = np.array(
+                [table.get(v, UNKNOWN_CODE) if type(v) is str else v for v in values], dtype=np.int64
+            ).reshape(len(values))
+        return self._codes[key]
 
     def feature_dicts(self) -> list[dict[str, Any]]:
         """Per flow, {feature: value} as the flow models read them (the prediction log keeps these)."""

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from nids.core.actions import AttackEvent, HealingAction
 from nids.core.columns import AttackScores, FlowBatch, ThreatScores
-from nids.core.encoding import code_table
+from nids.core.encoding import UNKNOWN_CODE
 from nids.core.errors import InvalidInput, RequestTooLarge
 from nids.core.features import THREAT_FEATURES
 from nids.core.schemas import (
@@ -93,13 +93,12 @@ def check_codes(model: LoadedModel, flows: FlowBatch, rows: Sequence[int] | None
     `rows` are the flows' positions in the request (default: 0..n-1), so the error names the row the caller sent.
     """
     detail = []
-    for feature, values in flows.categories.items():
+    for feature in flows.categories:
         high = len(model.encoders.get(feature, ())) - 1
-        for position, value in enumerate(values):
-            if isinstance(value, int) and value > high:
-                row = position if rows is None else rows[position]
-                message = f"Input should be a known name or a code within [0, {high}]"
-                detail.append({"loc": ["flows", row, feature], "msg": message, "type": "category_code"})
+        for position in np.flatnonzero(flows.codes(model, feature) > high).tolist():  # names encode within bounds
+            row = position if rows is None else rows[position]
+            message = f"Input should be a known name or a code within [0, {high}]"
+            detail.append({"loc": ["flows", row, feature], "msg": message, "type": "category_code"})
     if detail:
         raise InvalidInput.fields(sorted(detail, key=lambda item: item["loc"][1]))
 
@@ -127,11 +126,9 @@ def detect_threats(
 def unknown_categories(model: LoadedModel, flows: FlowBatch) -> list[list[str]]:
     """Per flow, the categorical features whose name the model does not know (scored as the unknown code)."""
     unknown: list[list[str]] = [[] for _ in range(len(flows))]
-    for feature, values in flows.categories.items():
-        known = code_table(tuple(model.encoders.get(feature, ())))
-        for names, value in zip(unknown, values, strict=True):
-            if type(value) is str and value not in known:
-                names.append(feature)
+    for feature in flows.categories:  # codes are never negative: UNKNOWN_CODE marks an unknown name
+        for position in np.flatnonzero(flows.codes(model, feature) == UNKNOWN_CODE).tolist():
+            unknown[position].append(feature)
     return unknown
 
 
