@@ -1,11 +1,13 @@
-"""Soak benchmark: `python -m benchmarks.soak [--minutes 10] [--rate 200] [--url URL --server-pid PID]`.
+"""Soak benchmark: `python -m benchmarks.soak [--minutes 10] [--rate 200] [--scenario S] [--url URL --server-pid PID]`.
 
-Steady mixed traffic (the `analyze` scenario: 1-4 held-out flows per request, threat and attack flows mixed, so
-every request also decides and audits self-healing actions) for a long run, with the resident memory of the
-whole `bentoml serve` process tree sampled every few seconds. Passes with 0 failed requests and the memory at
-the end within 10% of the memory after the first minute (the warm-up); the latency and the achieved rate are
-reported (Locust's verdict against the 100 ms SLA) but are not the soak's criteria. Not a CI test: it takes
-its full length. Prints Markdown; Locust's results are kept under loadtest/results/benchmarks/soak-<time>/.
+Steady mixed traffic for a long run: by default the `mixed_apis` scenario, `detect_threat` and `classify_attack`
+single flows and `analyze` requests of 1-4 held-out flows (threat and attack mixed, so every third request also
+decides and audits self-healing actions) in turn; `--scenario analyze` soaks the heaviest API alone. The
+resident memory of the whole `bentoml serve` process tree is sampled every few seconds. Passes with 0 failed
+requests and the memory at the end within 10% of the memory after the first minute (the warm-up); the latency
+and the achieved rate are reported (Locust's verdict against the 100 ms SLA) but are not the soak's criteria.
+Not a CI test: it takes its full length. Prints Markdown; Locust's results are kept under
+loadtest/results/benchmarks/soak-<time>/.
 """
 
 from __future__ import annotations
@@ -48,11 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument(
+        "--scenario", default="mixed_apis", help="loadtest scenario (default: detect_threat, classify_attack, analyze)"
+    )
     parser.add_argument("--url", help="soak a running service instead of starting one")
     parser.add_argument("--server-pid", type=int, help="with --url: pid of its `bentoml serve`, for memory")
     args = parser.parse_args(argv)
     directory = RESULTS / "benchmarks" / f"soak-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    options = LoadOptions(scenario="analyze", shape="steady", rate=args.rate, run_time=args.minutes * 60)
+    options = LoadOptions(scenario=args.scenario, shape="steady", rate=args.rate, run_time=args.minutes * 60)
     samples: list[tuple[float, int]] = []
     try:
         with target(args.url, args.server_pid, "nids.serving.service:NIDSService", directory / "server.log") as (

@@ -33,8 +33,6 @@ class Load:
     """What the running test sends, set once from the command line (init event) and by the shape."""
 
     bodies: itertools.cycle[Body]
-    path = "/"
-    marker = b""
     period = 0.0  # seconds between two requests of one user; 0: closed loop
     phases: list[Phase]
     ramp = False
@@ -58,7 +56,6 @@ def _init(environment: Environment, **_: Any) -> None:
     scenario = SCENARIOS[options.scenario]
     bodies = request_bodies(scenario, seed=options.body_seed)
     Load.bodies = itertools.cycle(bodies)
-    Load.path, Load.marker = scenario.path, scenario.marker
     Load.phases = schedule(
         options.shape,
         rate=options.rate,
@@ -103,17 +100,17 @@ class FlowUser(FastHttpUser):
     def send(self) -> None:
         body = next(Load.bodies)
         with self.client.post(
-            Load.path,
+            body.path,
             data=body.data,
             headers=HEADERS,
-            name=Load.path,
+            name=body.path,
             context={"flows": body.flows},
             catch_response=True,
         ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:300]}")
-            elif Load.marker not in (response.content or b""):
-                response.failure(f"reply without {Load.marker.decode()}: {(response.text or '')[:300]}")
+            elif body.marker not in (response.content or b""):
+                response.failure(f"reply without {body.marker.decode()}: {(response.text or '')[:300]}")
 
 
 class RateShape(LoadTestShape):

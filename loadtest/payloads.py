@@ -39,6 +39,8 @@ Flow = dict[str, Any]
 class Body(NamedTuple):
     data: bytes  # JSON {"flows": [...]}
     flows: int
+    path: str  # the API it is sent to
+    marker: bytes  # what a good reply contains
 
 
 def load_pool(kind: str) -> list[Flow]:
@@ -56,7 +58,13 @@ def _flows_for(scenario: Scenario, pools: dict[str, list[Flow]], rng: random.Ran
 
 
 def request_bodies(scenario: Scenario, seed: int = 20260401) -> list[Body]:
-    """Serialised JSON bodies `{"flows": [...]}` for `scenario`, deterministic for a seed."""
+    """Serialised JSON bodies `{"flows": [...]}` for `scenario`, deterministic for a seed; a scenario of parts
+    interleaves its parts' bodies (one of each in turn, as many rounds as its shortest part has bodies)."""
+    if scenario.parts:
+        from loadtest.scenarios import SCENARIOS
+
+        parts = [request_bodies(SCENARIOS[name], seed) for name in scenario.parts]
+        return [body for turn in zip(*parts, strict=False) for body in turn]
     kinds = ("threat", "attack") if scenario.kind == "mixed" else (scenario.kind,)
     pools = {kind: load_pool(kind) for kind in kinds}
     rng = random.Random(seed)
@@ -66,4 +74,7 @@ def request_bodies(scenario: Scenario, seed: int = 20260401) -> list[Body]:
         batches = [[flow] for flow in flows]
     else:
         batches = [_flows_for(scenario, pools, rng) for _ in range(body_count(scenario))]
-    return [Body(json.dumps({"flows": batch}, separators=(",", ":")).encode(), len(batch)) for batch in batches]
+    return [
+        Body(json.dumps({"flows": batch}, separators=(",", ":")).encode(), len(batch), scenario.path, scenario.marker)
+        for batch in batches
+    ]

@@ -24,6 +24,7 @@ class Scenario:
     marker: bytes  # bytes every successful response body contains
     description: str
     min_flows: int | None = None  # set: each request carries a random number of flows in [min_flows, flows]
+    parts: tuple[str, ...] = ()  # set: the requests of these scenarios in turn (path and marker per request)
 
     @property
     def flow_range(self) -> tuple[int, int]:
@@ -58,5 +59,14 @@ SCENARIOS: dict[str, Scenario] = {
         _bulk("classify_attack", "attack", 1000, _ATTACK_MARK),
         _bulk("analyze", "mixed", 100, _ANALYZE_MARK),
         _bulk("analyze", "mixed", 1000, _ANALYZE_MARK),
+        Scenario(
+            "mixed_apis",
+            "/",
+            "mixed",
+            4,
+            b"",
+            "detect_threat (1 flow), classify_attack (1 flow) and analyze (1-4 flows) requests in turn",
+            parts=("detect_threat", "classify_attack", "analyze"),
+        ),
     )
 }

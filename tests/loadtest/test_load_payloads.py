@@ -78,3 +78,11 @@ def test_bulk_bodies_carry_the_stated_number_of_flows(name):
     bodies = request_bodies(scenario)
     assert len(bodies) == body_count(scenario)
     assert all(body.flows == scenario.flows == len(json.loads(body.data)["flows"]) for body in bodies)
+
+
+def test_mixed_apis_interleaves_its_parts_with_their_paths_and_markers() -> None:
+    bodies = request_bodies(SCENARIOS["mixed_apis"])
+    parts = [SCENARIOS[name] for name in SCENARIOS["mixed_apis"].parts]
+    assert [body.path for body in bodies[:3]] == [part.path for part in parts]
+    assert [body.marker for body in bodies[:3]] == [part.marker for part in parts]
+    assert len(bodies) == 3 * min(len(request_bodies(part)) for part in parts)
