@@ -64,6 +64,7 @@ _CONTEXT = frozenset(CONTEXT_FIELDS)
 _NUMBER_TYPES = frozenset({float, int})
 _EXACT_INT = 2**53  # integers beyond this lose digits as float64: the reference compares them exactly
 _TEXT_OR_NONE = frozenset({str, type(None)})
+_INT64_MAX = int(np.iinfo(np.int64).max)  # a category code past it is past every model's categories as well
 
 
 @dataclass(frozen=True)
@@ -121,10 +122,9 @@ def _concat_context(parts: Sequence[FlowBatch | _Scores[Any]]) -> dict[str, list
 def _address(text: str) -> str | None:
     """Canonical text of an address written plainly, None when the reference must judge it."""
     try:
-        canonical = str(ipaddress.ip_address(text))
+        return str(ipaddress.ip_address(text))
     except ValueError:
         return None
-    return canonical
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,7 +193,7 @@ class FlowBatch:
             table = code_table(tuple(model.encoders.get(feature, ())))
             values = self.categories[feature]
             self._codes[key] = np.array(
-                [table.get(v, UNKNOWN_CODE) if type(v) is str else v for v in values], dtype=np.int64
+                [table.get(v, UNKNOWN_CODE) if type(v) is str else min(v, _INT64_MAX) for v in values], dtype=np.int64
             ).reshape(len(values))
         return self._codes[key]
 

@@ -344,3 +344,9 @@ def test_the_batched_apis_document_the_flow_and_prediction_lists(http: httpx.Cli
         response = operation["responses"]["200"]["content"]["application/json"]["schema"]
         assert response["type"] == "array" and response["items"]["$ref"].endswith(f"/{prediction}")
         assert flow in spec["components"]["schemas"] and prediction in spec["components"]["schemas"]
+
+
+def test_a_category_code_past_any_integer_width_is_a_400(http: httpx.Client) -> None:
+    response = post(http, "/detect_threat", {"flows": [THREAT_MESSAGE, {**THREAT_MESSAGE, "service": 10**30}]})
+    assert response.status_code == 400, response.text
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["flows", 1, "service"], "category_code")]
