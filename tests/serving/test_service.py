@@ -13,13 +13,16 @@ import bentoml
 import pandas as pd
 import prometheus_client
 import pytest
+from hypothesis import HealthCheck, given, settings
 from pydantic import TypeAdapter
 
 from nids.core.actions import AttackEvent
-from nids.core.errors import InvalidInput, RequestTooLarge
+from nids.core.columns import validate_flows
+from nids.core.errors import InvalidInput, NIDSError, RequestTooLarge
 from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_FEATURES
 from nids.core.schemas import AnalyzeFlow, AttackFlow, ThreatFlow
 from nids.models.artifacts import load_reference_cases
+from tests.core.test_columns import requests
 from training.data import CIC_ORIGINAL, NSL_KDD_TEST
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*__get_pydantic_core_schema__:DeprecationWarning")  # BentoML's
@@ -202,3 +205,20 @@ def test_predictions_are_counted(service: Any) -> None:
     before = metric("nids_predictions_total", **labels)
     service.classify_attack(attack_flows(ATTACK_FLOW, ATTACK_FLOW))
     assert metric("nids_predictions_total", **labels) == before + 2
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(threat=requests("threat"), attack=requests("attack"))
+def test_any_request_is_answered_or_refused_with_a_4xx(service: Any, threat: Any, attack: Any) -> None:
+    """Generated bodies (broken, retyped, renamed fields) through validation and the batched APIs: predictions, or
+    an NIDSError with a 4xx; never another exception."""
+    for kind, rows, api in (("threat", threat, service.detect_threat), ("attack", attack, service.classify_attack)):
+        try:
+            predictions = api(validate_flows(kind, rows, "flows"))
+        except NIDSError as error:
+            assert 400 <= error.status_code < 500
+            continue
+        assert len(predictions) == len(rows)
+        assert len(json.loads(predictions.json())) == len(rows)
