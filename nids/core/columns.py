@@ -18,7 +18,7 @@ in-process callers.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from itertools import chain
@@ -477,18 +477,25 @@ class AttackScores(_Scores[AttackPrediction]):
 
 
 # --- the request and response types of the batched APIs ---------------------------------------------------
-class _Columns:
-    """Pydantic metadata: a value of `kind`'s flows validated as a FlowBatch, documented as the flow list."""
+class Columns:
+    """Pydantic metadata: a value of `kind`'s flows validated as a FlowBatch, documented as the flow list.
 
-    def __init__(self, kind: FlowKind) -> None:
+    `check`, when given, runs on each request's batch after validation (the service checks category codes against
+    the serving model there, before adaptive batching merges requests)."""
+
+    def __init__(self, kind: FlowKind, check: Callable[[FlowBatch], None] | None = None) -> None:
         self.kind = kind
+        self.check = check
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
         def validate(value: object, info: ValidationInfo) -> FlowBatch:
             if isinstance(value, FlowBatch):
                 return value
             prefix = (info.field_name,) if info.field_name else ()
-            return validate_flows(self.kind, value, *prefix)
+            batch = validate_flows(self.kind, value, *prefix)
+            if self.check is not None:
+                self.check(batch)
+            return batch
 
         return core_schema.with_info_plain_validator_function(validate)
 
@@ -521,7 +528,5 @@ def _json(scores: _Scores[Any]) -> bytes:
     return scores.json()
 
 
-ThreatFlows = Annotated[FlowBatch, _Columns("threat")]
-AttackFlows = Annotated[FlowBatch, _Columns("attack")]
 ThreatPredictions = Annotated[ThreatScores, _Predictions(ThreatPrediction)]
 AttackPredictions = Annotated[AttackScores, _Predictions(AttackPrediction)]

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from nids.core import pipeline
 from nids.core.actions import HealingAction
-from nids.core.columns import AttackFlows, AttackPredictions, ThreatFlows, ThreatPredictions
+from nids.core.columns import AttackPredictions, Columns, FlowBatch, ThreatPredictions
 from nids.core.errors import NotFound
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.schemas import (
@@ -72,6 +72,18 @@ Context = bentoml.Context
 # than settings.max_rows_per_batched_request rows (413) rather than split a request past the budget.
 MAX_BATCH_ROWS = 1000
 MAX_LATENCY_MS = 1000
+
+
+def _codes_of_the_serving_model(flows: FlowBatch) -> None:
+    pipeline.check_codes(REGISTRY.active().threat, flows)
+
+
+# The batched APIs' bodies, validated as columns per request. Category codes are checked against the serving
+# model here as well, before adaptive batching merges requests: a code past the model's categories in one
+# request would otherwise fail every request batched with it (the pipeline checks again, for a version switch
+# in between).
+ThreatFlows = Annotated[FlowBatch, Columns("threat", check=_codes_of_the_serving_model)]
+AttackFlows = Annotated[FlowBatch, Columns("attack")]
 
 
 class PingReply(BaseModel):

@@ -45,7 +45,9 @@ ODD_VALUES = st.sampled_from(
      2**60, 10**400, math.inf, -math.inf, math.nan, True, False, None, "", "1.5", "inf", "Infinity", "nan",
      "1e400", "1_000", " 7 ", "ten", [], {}]
 )  # fmt: skip
-CATEGORY_VALUES = st.sampled_from(["http", "SF", "gopher-over-quic", "", 0, 3, 10_000, 10**30, -1, "5", " 12 ", True, 1.0])
+CATEGORY_VALUES = st.sampled_from(
+    ["http", "SF", "gopher-over-quic", "", 0, 3, 10_000, 10**30, -1, "5", " 12 ", True, 1.0]
+)
 CONTEXT_VALUES = {
     "flow_id": st.sampled_from(["f-1", "", None, 7]),
     "src_ip": st.sampled_from(["192.0.2.10", "2001:DB8::1", " 10.0.0.1 ", "10.0.0.256", "host", None, 5]),

@@ -350,3 +350,18 @@ def test_a_category_code_past_any_integer_width_is_a_400(http: httpx.Client) -> 
     response = post(http, "/detect_threat", {"flows": [THREAT_MESSAGE, {**THREAT_MESSAGE, "service": 10**30}]})
     assert response.status_code == 400, response.text
     assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["flows", 1, "service"], "category_code")]
+
+
+def test_a_bad_category_code_never_fails_the_requests_batched_with_it(server: Server) -> None:
+    """Codes are checked per request before adaptive batching merges requests: the bad request alone is a 400."""
+    bad = {"flows": [{**THREAT_MESSAGE, "service": 10_000}]}
+    good = {"flows": [THREAT_MESSAGE] * 5}
+
+    def call(body: dict[str, Any]) -> int:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            return post(client, "/detect_threat", body).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(call, [bad, good] * 40))
+    assert statuses[0::2] == [400] * 40
+    assert statuses[1::2] == [200] * 40
