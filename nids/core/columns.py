@@ -161,11 +161,13 @@ class FlowBatch:
     @classmethod
     def concat(cls, batches: Sequence[FlowBatch]) -> FlowBatch:
         first = batches[0]
+        shared = set(first._codes).intersection(*(b._codes for b in batches[1:]))  # codes every part has already
         return cls(
             first.kind,
             np.concatenate([b.values for b in batches]),
             {name: [v for b in batches for v in b.categories[name]] for name in first.categories},
             _concat_context(batches),
+            {key: np.concatenate([b._codes[key] for b in batches]) for key in shared},
         )
 
     def __getitem__(self, rows: slice) -> FlowBatch:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -175,6 +176,17 @@ def test_batches_concatenate_and_slice() -> None:
     assert merged.context["flow_id"] == [None, "b", None]
     assert merged.categories["service"] == [THREAT_MESSAGE["service"], THREAT_MESSAGE["service"], 3]
     assert_same_batch(merged[1:3], FlowBatch.concat([a[1:2], b]))
+
+
+def test_codes_computed_per_request_carry_over_to_the_merged_batch() -> None:
+    model = SimpleNamespace(tag="t:1", encoders={"service": ["http", "ftp"], "flag": ["SF"]})
+    a = validate_flows("threat", [{**THREAT_MESSAGE, "service": "ftp"}])
+    b = validate_flows("threat", [{**THREAT_MESSAGE, "service": "gopher"}, {**THREAT_MESSAGE, "service": 1}])
+    for part in (a, b):
+        part.codes(model, "service")  # type: ignore[arg-type]
+    merged = FlowBatch.concat([a, b])
+    assert merged.codes(model, "service").tolist() == [1, -1, 1]  # type: ignore[arg-type]
+    assert merged.codes(model, "flag").tolist() == FlowBatch.concat([a, b]).codes(model, "flag").tolist()  # type: ignore[arg-type]
 
 
 def test_feature_dicts_read_like_the_flow_models() -> None:
