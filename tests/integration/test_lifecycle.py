@@ -302,7 +302,9 @@ def test_activation_switches_both_workers_without_a_failed_request(
     assert inactive.status_code == 409 and "is not the active" in inactive.json()["error"]
 
 
-def test_the_gate_refuses_a_worse_model_and_force_needs_a_reason(http: httpx.Client, versions: Versions) -> None:
+def test_the_gate_refuses_a_worse_model_and_force_needs_a_reason(
+    http: httpx.Client, server: Server, versions: Versions
+) -> None:
     path = f"{MODELS}/{versions.threat_worse}/activate"
     refused = http.post(path, headers=ADMIN)
     assert refused.status_code == 409 and "gate refused" in refused.json()["error"], refused.text
@@ -321,6 +323,17 @@ def test_the_gate_refuses_a_worse_model_and_force_needs_a_reason(http: httpx.Cli
         True,
     )
     assert http.post(f"{MODELS}/{versions.threat_worse}/deactivate", headers=ADMIN).status_code == 200
+    served_by_all(server, versions.threat)  # the next tests start from a settled state
+
+
+def served_by_all(server: Server, version: str, calls: int = 8) -> None:
+    """Wait (at most SWITCH_SECONDS) until `calls` fresh connections in a row are all answered by `version`: each
+    worker follows a switch within its next sync (every second), so right after one a worker may still answer
+    with the previous version."""
+    deadline = time.monotonic() + SWITCH_SECONDS
+    while [served_version(server.url) for _ in range(calls)] != [(200, version)] * calls:
+        assert time.monotonic() < deadline, f"{version} is not served by every worker after {SWITCH_SECONDS} s"
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize(
