@@ -17,7 +17,6 @@ in-process callers.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -32,6 +31,7 @@ from pydantic_core import core_schema
 
 from nids.core.encoding import UNKNOWN_CODE, code_table
 from nids.core.features import ATTACK_FEATURES, THREAT_CATEGORICAL, THREAT_FEATURES
+from nids.core.net import ip_text
 from nids.core.schemas import (
     ATTACK_ATTRIBUTE,
     CONTEXT_FIELDS,
@@ -120,9 +120,9 @@ def _concat_context(parts: Sequence[FlowBatch | _Scores[Any]]) -> dict[str, list
 
 @lru_cache(maxsize=65_536)
 def _address(text: str) -> str | None:
-    """Canonical text of an address written plainly, None when the reference must judge it."""
+    """The address field's own canonical text (nids.core.net.ip_text), None when the reference must refuse it."""
     try:
-        return str(ipaddress.ip_address(text))
+        return ip_text(text)
     except ValueError:
         return None
 
