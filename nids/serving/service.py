@@ -41,7 +41,7 @@ from nids.models.lifecycle import Lifecycle
 from nids.models.registry import REGISTRY
 from nids.models.state import open_lifecycle_store
 from nids.observability.records import PredictionBatch, Source
-from nids.serving import batching, bentoml_fixes, errors, parsing
+from nids.serving import balance, batching, bentoml_fixes, errors, parsing
 from nids.serving.auth import AccessGuard, Caller, caller_of, token_book
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import RequestGuard
@@ -104,6 +104,8 @@ class NIDSService:
     def __init__(self) -> None:
         settings = get_settings()
         logging.getLogger("nids").setLevel(settings.log_level)  # BentoML leaves other loggers at WARNING
+        # several workers: new connections go to the least loaded one (nids.serving.balance), before serving starts
+        balance.install(settings.workers)
         token_book()  # a bad NIDS_TOKENS_FILE stops startup, naming the problem
         self.models = REGISTRY
         self.metrics = service_metrics()

@@ -1,8 +1,11 @@
-"""Several workers share one audit log: its rate limits hold for the whole service, not per process."""
+"""Several workers: they share one audit log (its rate limits hold for the whole service, not per process), and
+connections are spread over them."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,3 +44,32 @@ def test_two_workers_serve_and_share_the_restart_rate_limit(server: Server) -> N
     assert all(
         "rate limit of restart_service reached" in a["reason"] for a in actions if a["action_type"] != "restart_service"
     )
+
+
+def test_keep_alive_connections_are_spread_over_the_workers(server: Server) -> None:
+    """Two clients that keep their connection open, one connecting after the other, are served by two workers
+    (nids.serving.balance): before, both usually landed on the worker that woke first."""
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps(THREAT_BODY).encode()
+    for _ in range(5):
+        connections = [http.client.HTTPConnection(host, int(port), timeout=30) for _ in range(2)]
+        ports = []
+        for connection in connections:  # one after the other: the first is open and idle when the second connects
+            connection.request("POST", "/detect_threat", body, {"Content-Type": "application/json"})
+            assert connection.getresponse().read() and connection.sock is not None
+            ports.append(connection.sock.getsockname()[1])
+        for connection in connections:
+            connection.close()
+        workers = {_worker_of(server, client_port) for client_port in ports}
+        assert len(workers) == 2, f"connections from ports {ports} served by workers {workers}"
+
+
+def _worker_of(server: Server, client_port: int) -> str:
+    """The worker that logged a request from this client port (BentoML's access log names it)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = re.findall(rf"\[entry_service:nids:(\d+)\] 127\.0\.0\.1:{client_port} ", server.log.read_text())
+        if found:
+            return found[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"no request from port {client_port} in the server log")
