@@ -36,8 +36,8 @@ def default_data_dir() -> Path:
 
 
 def default_workers() -> int:
-    """One worker per core but one (each scores on one ONNX thread); 1 on a machine with 2 cores or fewer."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    """One worker per core (each scores on one ONNX thread; new connections go to the least loaded worker)."""
+    return max(1, os.cpu_count() or 1)
 
 
 class Settings(BaseSettings):
@@ -122,9 +122,9 @@ class Settings(BaseSettings):
     drift_alert_psi: float = Field(0.25, gt=0, description="PSI from which a feature's status is 'drift'")
     drift_refresh_seconds: float = Field(15.0, gt=0, description="how often the drift gauges on /metrics are updated")
 
-    # --- workers (issue 12): one process per core left to the ingress and clients; ONNX runs one thread each ----
+    # --- workers (issue 12): one process per core, ONNX on one thread each (BENCHMARKS.md, bulk and single flow) ---
     workers: int = Field(
-        default_factory=default_workers, gt=0, description="`bentoml serve` worker processes (default: cores - 1)"
+        default_factory=default_workers, gt=0, description="`bentoml serve` worker processes (default: one per core)"
     )
 
     # --- hardening (issue 12): a locked audit store answers 503 in time, never holds a request for long ---------

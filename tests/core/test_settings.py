@@ -29,7 +29,7 @@ def test_nids_data_dir_still_wins_in_a_container(monkeypatch: pytest.MonkeyPatch
     assert Settings(_env_file=None).data_dir == Path("/srv/nids")
 
 
-@pytest.mark.parametrize(("cores", "workers"), [(None, 1), (1, 1), (2, 1), (4, 3), (16, 15)])
+@pytest.mark.parametrize(("cores", "workers"), [(None, 1), (1, 1), (2, 2), (4, 4), (16, 16)])
 def test_several_workers_where_the_machine_has_the_cores(
     monkeypatch: pytest.MonkeyPatch, cores: int | None, workers: int
 ) -> None:
