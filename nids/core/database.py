@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -76,7 +77,7 @@ class SqliteDatabase(Database):
         self.path = path
         # a write waits at most lock_seconds for another writer, then fails with the driver's error
         self._conn = sqlite3.connect(path, check_same_thread=False, timeout=lock_seconds)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(self._conn, lock_seconds)
         # WAL + NORMAL: a committed row survives a crash or restart of the process (not a power loss);
         # FULL's fsync per request put analyze's p99 over 100 ms at 100 req/s (BENCHMARKS.md)
         self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -117,6 +118,20 @@ class SqliteDatabase(Database):
         self._checkpointer.join(timeout=10)
         with self._lock:
             self._conn.close()
+
+
+def _enable_wal(conn: sqlite3.Connection, seconds: float) -> None:
+    """Switch a database to WAL. The switch takes the lock without SQLite's busy handler: when several processes
+    open a new database at once (the workers of one server), it fails while another one writes, so retry."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 class PostgresDatabase(Database):
