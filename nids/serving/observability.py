@@ -1,6 +1,6 @@
 """The service's observability parts, built from the settings: prediction log, live-stream hub, drift monitor.
 
-The APIs hand each call's predictions to `Observability.record` (a queue append); the log's writer thread,
+The APIs hand each call's predictions to `Observability.record` (a queue append); the log's writer process,
 the hub's poller and the drift-gauge thread do the rest. Prometheus metrics are created here on first use
 (in the worker: see nids.serving.metrics for why the client import is deferred).
 """
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from nids.core.database import open_database
 from nids.core.errors import Unavailable
 from nids.observability.drift import DriftMonitor
-from nids.observability.log import LostReason, PredictionLog
+from nids.observability.log import LostReason
+from nids.observability.process import PredictionLogProcess
 from nids.observability.store import PredictionStore
 from nids.observability.stream import Hub
 
@@ -77,7 +78,7 @@ class Observability:
         self.settings = settings
         self.registry = registry
         self.metrics = observability_metrics()
-        self.log: PredictionLog | None = None
+        self.log: PredictionLogProcess | None = None
         self.reader: PredictionStore | None = None
         self.hub: Hub | None = None
         self.drift: DriftMonitor | None = None
@@ -92,14 +93,16 @@ class Observability:
         url = settings.prediction_log_database_url
         prefix = settings.prediction_log_table_prefix
         try:
-            writer = PredictionStore(open_database(url), prefix)
-            reader = PredictionStore(open_database(url), prefix)  # reads never wait behind the writer's batches
+            reader = PredictionStore(open_database(url), prefix)  # opens and migrates; reads never wait on writes
         except Exception as error:  # the service still predicts; what it cannot log is counted
             self.reason = f"the prediction log cannot be opened: {type(error).__name__}: {error}"
             logger.exception("%s", self.reason)
             return
-        self.log = PredictionLog(
-            writer,
+        # written by a process of its own, at a lower priority than inference (nids.observability.process)
+        self.log = PredictionLogProcess(
+            str(url),
+            prefix,
+            nice=settings.prediction_log_nice,
             queue_rows=settings.prediction_log_queue_rows,
             batch_rows=settings.prediction_log_batch_rows,
             flush_seconds=settings.prediction_log_flush_seconds,

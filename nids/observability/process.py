@@ -1,0 +1,188 @@
+"""The prediction log written by a process of its own, at a lower CPU priority than inference.
+
+Turning a 1,000-flow batch into rows and inserting them costs the SQLite writer 15-30 us per row, more than the
+request's decoding, validation and model call together (BENCHMARKS.md): on the worker's own thread it held the GIL
+the request path needs and slowed bulk scoring to half, while still falling behind. Here a worker only pickles what
+`record` queued (~0.2 us per row) and hands it to a child process (`python -m nids.observability.process`) over a
+socket pair; the child runs the ordinary `PredictionLog` (queue, batches, retention) at `nice` NICE. When the
+machine is saturated the child falls behind and its bounded queue drops whole batches, counted in the worker's
+metrics through `on_lost` as before: inference first, and nothing dropped silently.
+
+The child exits when the worker closes the log (after writing what it holds) or when the worker is gone (end of
+the socket). If the child dies, what the worker then records is counted as `store_error` and logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from nids.core.database import open_database
+from nids.observability.log import LostReason, PredictionLog
+from nids.observability.records import PredictionBatch
+from nids.observability.store import PredictionStore
+
+logger = logging.getLogger("nids.observability")
+CLOSE = b"close"
+
+
+class PredictionLogProcess:
+    """A `PredictionSink` whose writes happen in a child process; the options are PredictionLog's."""
+
+    def __init__(
+        self,
+        url: str,
+        table_prefix: str,
+        *,
+        nice: int = 10,
+        queue_rows: int = 100_000,
+        on_written: Callable[[int], None] = lambda rows: None,
+        on_lost: Callable[[LostReason, int], None] = lambda reason, rows: None,
+        **options: Any,
+    ) -> None:
+        self.queue_rows = queue_rows
+        self.on_written, self.on_lost = on_written, on_lost
+        ours, theirs = socket.socketpair()
+        config = {"url": url, "table_prefix": table_prefix, "nice": nice, "queue_rows": queue_rows, **options}
+        path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "nids.observability.process", str(theirs.fileno()), json.dumps(config)],
+            pass_fds=[theirs.fileno()],
+            env={**os.environ, "PYTHONPATH": path},  # wherever the worker runs from, the child imports this package
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._pending: deque[PredictionBatch] = deque()
+        self._pending_rows = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._alive = True
+        self._sender = threading.Thread(target=self._send, name="prediction-log-sender", daemon=True)
+        self._receiver = threading.Thread(target=self._receive, name="prediction-log-counts", daemon=True)
+        self._sender.start()
+        self._receiver.start()
+
+    def record(self, batch: PredictionBatch) -> None:
+        n = len(batch)
+        if not n:
+            return
+        with self._lock:
+            accepted = self._alive and self._pending_rows + n <= self.queue_rows
+            if accepted:
+                self._pending.append(batch)
+                self._pending_rows += n
+        if accepted:
+            self._wake.set()
+        else:
+            self.on_lost("queue_full" if self._alive else "store_error", n)
+
+    def _take(self) -> list[PredictionBatch]:
+        with self._lock:
+            taken = list(self._pending)
+            self._pending.clear()
+            self._pending_rows = 0
+            return taken
+
+    def _send(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            closing = self._closing
+            batches = self._take()
+            try:
+                if batches:
+                    self._conn.send_bytes(pickle.dumps(batches, protocol=pickle.HIGHEST_PROTOCOL))
+                if closing:
+                    self._conn.send_bytes(CLOSE)
+                    return
+            except OSError as error:  # the child is gone
+                self._gone(sum(map(len, batches)), error)
+                return
+
+    def _receive(self) -> None:
+        """Counts from the child: ("written", rows) and ("lost", reason, rows)."""
+        try:
+            while True:
+                message = pickle.loads(self._conn.recv_bytes())
+                if message[0] == "written":
+                    self.on_written(message[1])
+                else:
+                    self.on_lost(message[1], message[2])
+        except (EOFError, OSError) as error:
+            if not self._closing:
+                self._gone(0, error)
+
+    def _gone(self, rows: int, error: BaseException) -> None:
+        with self._lock:
+            was_alive, self._alive = self._alive, False
+        if rows:
+            self.on_lost("store_error", rows)
+        if was_alive:
+            logger.error("the prediction log's writer process ended (%s: %s): predictions are no longer recorded",
+                         type(error).__name__, error)  # fmt: skip
+
+    def close(self) -> None:
+        """Hand over what is queued; the child writes it, closes its store and exits."""
+        self._closing = True
+        self._wake.set()
+        self._sender.join(timeout=30)
+        try:
+            self._child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+        self._receiver.join(timeout=5)
+        self._conn.close()
+
+
+def _serve(conn: Connection, config: dict[str, Any]) -> None:
+    """The child: batches from the worker into an ordinary PredictionLog, counts back to it."""
+    os.nice(config.pop("nice"))
+    reply_lock = threading.Lock()
+
+    def reply(*message: Any) -> None:
+        with reply_lock, contextlib.suppress(OSError):  # the worker is gone: its counts with it
+            conn.send_bytes(pickle.dumps(message))
+
+    store = PredictionStore(open_database(config.pop("url")), config.pop("table_prefix"))
+    log = PredictionLog(
+        store,
+        on_written=lambda rows: reply("written", rows),
+        on_lost=lambda reason, rows: reply("lost", reason, rows),
+        **config,
+    )
+    try:
+        while (data := conn.recv_bytes()) != CLOSE:
+            for batch in pickle.loads(data):
+                log.record(batch)
+    except EOFError:  # the worker is gone: write what was received
+        pass
+    finally:
+        log.close()
+        conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="the prediction log's writer process (started by the service)")
+    parser.add_argument("fd", type=int)
+    parser.add_argument("config")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] [prediction-log] %(message)s")
+    _serve(Connection(args.fd), json.loads(args.config))
+
+
+if __name__ == "__main__":
+    main()

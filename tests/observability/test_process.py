@@ -1,0 +1,121 @@
+"""The prediction log's writer process (nids.observability.process): what a worker records reaches the store
+through it, counts come back, and it outlives neither its worker nor a crash unnoticed."""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from nids.core.database import SqliteDatabase
+from nids.core.model import ActiveModels
+from nids.observability.process import PredictionLogProcess
+from nids.observability.store import PredictionStore
+
+from .test_log import batch, flows, models  # noqa: F401  (fixtures)
+
+
+def _url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def _rows_in(path: Path, expected: int, seconds: float = 20) -> int:
+    store = PredictionStore(SqliteDatabase(path))
+    deadline = time.monotonic() + seconds
+    while (n := store.last_id()) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    store.close()
+    return n
+
+
+def _writer() -> psutil.Process:
+    (child,) = [p for p in psutil.Process().children() if "nids.observability.process" in " ".join(p.cmdline())]
+    return child
+
+
+def test_batches_are_written_by_a_lower_priority_process_and_counted(
+    tmp_path: Path,
+    models: ActiveModels,  # noqa: F811
+    flows: Any,  # noqa: F811
+) -> None:
+    written: list[int] = []
+    log = PredictionLogProcess(_url(tmp_path / "log.sqlite3"), "nids_", nice=5, flush_seconds=0.05,
+                               on_written=written.append)  # fmt: skip
+    deadline = time.monotonic() + 20  # the child lowers its own priority once started
+    while _writer().nice() != psutil.Process().nice() + 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _writer().nice() == psutil.Process().nice() + 5
+    for _ in range(3):
+        log.record(batch(models, flows))
+    log.close()
+    assert sum(written) == 3 * len(flows)
+    assert _rows_in(tmp_path / "log.sqlite3", 3 * len(flows), seconds=0) == 3 * len(flows)
+    assert not [p for p in psutil.Process().children() if "nids.observability.process" in " ".join(p.cmdline())]
+
+
+def test_a_full_queue_is_counted_not_blocking(tmp_path: Path, models: ActiveModels, flows: Any) -> None:  # noqa: F811
+    lost: list[tuple[str, int]] = []
+    log = PredictionLogProcess(_url(tmp_path / "log.sqlite3"), "nids_", queue_rows=len(flows),
+                               on_lost=lambda reason, rows: lost.append((reason, rows)))  # fmt: skip
+    _writer().suspend()  # the child reads nothing: the worker's queue fills
+    try:
+        for _ in range(200):
+            log.record(batch(models, flows))
+        assert lost and {reason for reason, _ in lost} == {"queue_full"}
+    finally:
+        _writer().resume()
+        log.close()
+
+
+def test_a_writer_that_died_is_counted_as_store_errors(tmp_path: Path, models: ActiveModels, flows: Any) -> None:  # noqa: F811
+    lost: list[tuple[str, int]] = []
+    log = PredictionLogProcess(_url(tmp_path / "log.sqlite3"), "nids_",
+                               on_lost=lambda reason, rows: lost.append((reason, rows)))  # fmt: skip
+    child = _writer()
+    child.kill()
+    child.wait(10)
+    deadline = time.monotonic() + 10
+    while not lost and time.monotonic() < deadline:
+        log.record(batch(models, flows))
+        time.sleep(0.05)
+    assert lost and lost[-1] == ("store_error", len(flows))
+    log.close()
+
+
+WORKER = """
+import pickle, sys, time
+from nids.observability.process import PredictionLogProcess
+log = PredictionLogProcess(sys.argv[1], "nids_", flush_seconds=60)
+for item in pickle.load(open(sys.argv[2], "rb")):
+    log.record(item)
+print("recorded", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL])
+def test_a_killed_worker_leaves_no_writer_and_loses_nothing_handed_over(
+    tmp_path: Path,
+    models: ActiveModels,  # noqa: F811
+    flows: Any,  # noqa: F811
+    signum: int,
+) -> None:
+    """The worker is killed right after recording: the child writes what it had received, then exits."""
+    batches = tmp_path / "batches.pickle"
+    batches.write_bytes(pickle.dumps([batch(models, flows) for _ in range(5)]))
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, _url(tmp_path / "log.sqlite3"), str(batches)],
+                              stdout=subprocess.PIPE)  # fmt: skip
+    assert worker.stdout is not None and worker.stdout.readline() == b"recorded\n"
+    (child,) = psutil.Process(worker.pid).children()
+    time.sleep(0.5)  # the sender hands the batches over
+    worker.send_signal(signum)
+    worker.wait(10)
+    child.wait(20)  # flush_seconds=60: only the end of the socket makes it write now and exit
+    assert _rows_in(tmp_path / "log.sqlite3", 5 * len(flows), seconds=0) == 5 * len(flows)
