@@ -25,6 +25,36 @@ RETENTION_SECONDS = 30.0
 LOST_LOG_SECONDS = 10.0
 
 
+class BatchQueue:
+    """Batches waiting for the writer, at most `max_rows` rows in all (thread-safe, never blocks)."""
+
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self._batches: deque[PredictionBatch] = deque()
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    def offer(self, batch: PredictionBatch) -> int | None:
+        """Queue the batch: the rows now waiting, or None when it does not fit (nothing queued)."""
+        with self._lock:
+            if self._rows + len(batch) > self.max_rows:
+                return None
+            self._batches.append(batch)
+            self._rows += len(batch)
+            return self._rows
+
+    def take(self, max_rows: int | None = None) -> list[PredictionBatch]:
+        """The oldest batches, up to `max_rows` rows (at least one batch when any waits; all when None)."""
+        with self._lock:
+            taken, rows = [], 0
+            while self._batches and (not taken or max_rows is None or rows + len(self._batches[0]) <= max_rows):
+                batch = self._batches.popleft()
+                taken.append(batch)
+                rows += len(batch)
+            self._rows -= rows
+            return taken
+
+
 class PredictionLog:
     def __init__(
         self,
@@ -46,8 +76,7 @@ class PredictionLog:
         self.max_age_seconds = max_age_seconds
         self.on_written = on_written
         self.on_lost = on_lost
-        self._pending: deque[PredictionBatch] = deque()
-        self._pending_rows = 0
+        self._queue = BatchQueue(queue_rows)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
@@ -61,35 +90,16 @@ class PredictionLog:
         n = len(batch)
         if not n:
             return
-        with self._lock:
-            full = self._pending_rows + n > self.queue_rows
-            if not full:
-                self._pending.append(batch)
-                self._pending_rows += n
-                wake = self._pending_rows >= self.batch_rows
-        if full:
+        waiting = self._queue.offer(batch)
+        if waiting is None:
             self._lost("queue_full", n, f"{self.queue_rows} rows already wait to be written")
-        elif wake:
+        elif waiting >= self.batch_rows:
             self._wake.set()
 
-    @property
-    def pending_rows(self) -> int:
-        return self._pending_rows
-
     # --- the writer thread -----------------------------------------------------------------------------------
-    def _take(self) -> list[PredictionBatch]:
-        with self._lock:
-            taken, rows = [], 0
-            while self._pending and (not taken or rows + len(self._pending[0]) <= self.batch_rows):
-                batch = self._pending.popleft()
-                taken.append(batch)
-                rows += len(batch)
-            self._pending_rows -= rows
-            return taken
-
     def flush(self) -> None:
         """Write everything queued so far (the writer thread does this on its own; tests and shutdown call it)."""
-        while batches := self._take():
+        while batches := self._queue.take(self.batch_rows):
             rows = [row for batch in batches for row in batch.rows()]
             try:
                 self.store.insert(rows)

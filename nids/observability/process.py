@@ -24,14 +24,13 @@ import socket
 import subprocess
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from nids.core.database import open_database
-from nids.observability.log import LostReason, PredictionLog
+from nids.observability.log import BatchQueue, LostReason, PredictionLog
 from nids.observability.records import PredictionBatch
 from nids.observability.store import PredictionStore
 
@@ -53,7 +52,6 @@ class PredictionLogProcess:
         on_lost: Callable[[LostReason, int], None] = lambda reason, rows: None,
         **options: Any,
     ) -> None:
-        self.queue_rows = queue_rows
         self.on_written, self.on_lost = on_written, on_lost
         ours, theirs = socket.socketpair()
         config = {"url": url, "table_prefix": table_prefix, "nice": nice, "queue_rows": queue_rows, **options}
@@ -65,8 +63,7 @@ class PredictionLogProcess:
         )
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._pending: deque[PredictionBatch] = deque()
-        self._pending_rows = 0
+        self._queue = BatchQueue(queue_rows)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
@@ -80,29 +77,19 @@ class PredictionLogProcess:
         n = len(batch)
         if not n:
             return
-        with self._lock:
-            accepted = self._alive and self._pending_rows + n <= self.queue_rows
-            if accepted:
-                self._pending.append(batch)
-                self._pending_rows += n
-        if accepted:
-            self._wake.set()
+        if not self._alive:
+            self.on_lost("store_error", n)
+        elif self._queue.offer(batch) is None:
+            self.on_lost("queue_full", n)
         else:
-            self.on_lost("queue_full" if self._alive else "store_error", n)
-
-    def _take(self) -> list[PredictionBatch]:
-        with self._lock:
-            taken = list(self._pending)
-            self._pending.clear()
-            self._pending_rows = 0
-            return taken
+            self._wake.set()
 
     def _send(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
             closing = self._closing
-            batches = self._take()
+            batches = self._queue.take()
             try:
                 if batches:
                     self._conn.send_bytes(pickle.dumps(batches, protocol=pickle.HIGHEST_PROTOCOL))
