@@ -110,8 +110,8 @@ class Settings(BaseSettings):
     prediction_log_queue_rows: int = Field(100_000, gt=0, description="rows waiting to be written; more are dropped")
     prediction_log_batch_rows: int = Field(1_000, gt=0, description="rows written per transaction")
     prediction_log_flush_seconds: float = Field(0.5, gt=0, description="longest a prediction waits to be written")
-    prediction_log_nice: int = Field(
-        10, ge=0, le=19, description="niceness the log's writer process adds: inference keeps the CPU under load"
+    prediction_log_priority: Literal["idle", "low", "normal"] = Field(
+        "idle", description="CPU priority of the log's writer process: idle (runs on spare CPU only), low (nice 10)"
     )
     prediction_log_max_rows: int = Field(1_000_000, gt=0, description="retention: the newest rows kept")
     prediction_log_max_age_days: float = Field(30.0, gt=0, description="retention: rows older than this are deleted")

@@ -102,7 +102,7 @@ class Observability:
         self.log = PredictionLogProcess(
             str(url),
             prefix,
-            nice=settings.prediction_log_nice,
+            priority=settings.prediction_log_priority,
             queue_rows=settings.prediction_log_queue_rows,
             batch_rows=settings.prediction_log_batch_rows,
             flush_seconds=settings.prediction_log_flush_seconds,
