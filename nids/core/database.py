@@ -22,6 +22,7 @@ from pydantic import AnyUrl, TypeAdapter
 from nids.core.settings import DatabaseUrl, sqlite_path
 
 Statement = tuple[str, Mapping[str, Any]]
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 Dialect = Literal["sqlite", "postgresql"]
 
 
@@ -65,13 +66,14 @@ class Database(ABC):
 
 
 class SqliteDatabase(Database):
-    """One SQLite file (WAL journal, synchronous=NORMAL, checkpoints on a thread of their own)."""
+    """One SQLite file (WAL journal, synchronous=NORMAL, checkpoints on a thread of their own unless
+    `checkpoint_seconds` is None: a reader next to a writer that checkpoints)."""
 
     dialect: Dialect = "sqlite"
     unique_violation = sqlite3.IntegrityError
     driver_error = sqlite3.Error
 
-    def __init__(self, path: Path, checkpoint_seconds: float = 1.0, lock_seconds: float = 30.0) -> None:
+    def __init__(self, path: Path, checkpoint_seconds: float | None = 1.0, lock_seconds: float = 30.0) -> None:
         super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -84,11 +86,15 @@ class SqliteDatabase(Database):
         # Checkpoints (copying the WAL into the database, with an fsync) would otherwise run inside whichever
         # request commits the 1000th WAL page and stall it for ~200 ms: a thread of its own does them.
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        # once checkpointed, a WAL that grew during bulk writes is cut back to this size (else it keeps its peak)
+        self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._closing = threading.Event()
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, args=(checkpoint_seconds,), name="sqlite-checkpoint", daemon=True
-        )
-        self._checkpointer.start()
+        self._checkpointer: threading.Thread | None = None
+        if checkpoint_seconds is not None:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(checkpoint_seconds,), name="sqlite-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
 
     def _checkpoint_loop(self, seconds: float) -> None:
         """PASSIVE checkpoints on a connection of its own: they never block the writers."""
@@ -115,7 +121,8 @@ class SqliteDatabase(Database):
 
     def close(self) -> None:
         self._closing.set()
-        self._checkpointer.join(timeout=10)
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=10)
         with self._lock:
             self._conn.close()
 
@@ -190,12 +197,14 @@ def _pyformat(sql: str) -> str:
     return _NAMED.sub(r"%(\1)s", sql)
 
 
-def open_database(url: AnyUrl | str, lock_seconds: float | None = None) -> Database:
+def open_database(url: AnyUrl | str, lock_seconds: float | None = None, checkpoints: bool = True) -> Database:
     """`sqlite:///relative/or//absolute/path.sqlite3` or `postgresql://user@host:port/db`.
 
     `lock_seconds` bounds how long a statement waits for another writer's lock before it fails (SQLite: 30 s
-    when not given; PostgreSQL: no bound)."""
+    when not given; PostgreSQL: no bound). `checkpoints=False`: this SQLite connection leaves checkpoints to
+    the writer's (a reader)."""
     url = TypeAdapter(DatabaseUrl).validate_python(url) if isinstance(url, str) else url
     if url.scheme == "sqlite":
-        return SqliteDatabase(sqlite_path(url), lock_seconds=30.0 if lock_seconds is None else lock_seconds)
+        lock = 30.0 if lock_seconds is None else lock_seconds
+        return SqliteDatabase(sqlite_path(url), checkpoint_seconds=1.0 if checkpoints else None, lock_seconds=lock)
     return PostgresDatabase(str(url), lock_seconds=lock_seconds)

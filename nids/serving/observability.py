@@ -93,7 +93,8 @@ class Observability:
         url = settings.prediction_log_database_url
         prefix = settings.prediction_log_table_prefix
         try:
-            reader = PredictionStore(open_database(url), prefix)  # opens and migrates; reads never wait on writes
+            # opens and migrates; reads never wait on writes; the writer process checkpoints
+            reader = PredictionStore(open_database(url, checkpoints=False), prefix)
         except Exception as error:  # the service still predicts; what it cannot log is counted
             self.reason = f"the prediction log cannot be opened: {type(error).__name__}: {error}"
             logger.exception("%s", self.reason)

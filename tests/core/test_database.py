@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from nids.core.database import SqliteDatabase
+import pytest
+
+from nids.core import database
+from nids.core.database import SqliteDatabase, open_database
 
 
 def _open_and_write(path: str, start: Any, errors: multiprocessing.Queue) -> None:
@@ -38,3 +43,27 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) ->
         assert db.execute([("SELECT COUNT(*) FROM t", {})]) == [(6,)]
         db.close()
     assert errors.empty(), errors.get()
+
+
+def test_a_wal_grown_by_bulk_writes_is_cut_back_once_checkpointed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "WAL_LIMIT_BYTES", 1024 * 1024)
+    db = SqliteDatabase(tmp_path / "log.sqlite3", checkpoint_seconds=0.05)
+    db.execute([("CREATE TABLE t (a TEXT)", {})])
+    db.execute_many([], "INSERT INTO t VALUES (:a)", [("x" * 1000,)] * 8000)  # ~8 MB of WAL
+    wal = tmp_path / "log.sqlite3-wal"
+    assert wal.stat().st_size > 4 * 1024 * 1024
+    deadline = time.monotonic() + 10
+    while wal.stat().st_size > 1024 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.1)  # checkpointed by the thread; the next write starts the WAL over, cut to the limit
+        db.execute([("INSERT INTO t VALUES ('y')", {})])
+    assert wal.stat().st_size <= 1024 * 1024
+    db.close()
+
+
+def test_a_reader_leaves_checkpoints_to_the_writer(tmp_path: Path) -> None:
+    before = [thread.name for thread in threading.enumerate()].count("sqlite-checkpoint")
+    reader = open_database(f"sqlite:///{tmp_path / 'log.sqlite3'}", checkpoints=False)
+    assert [thread.name for thread in threading.enumerate()].count("sqlite-checkpoint") == before
+    reader.close()
