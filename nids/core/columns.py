@@ -223,9 +223,12 @@ def validate_flows(kind: FlowKind, value: object, *prefix: str | int) -> FlowBat
     return FlowBatch.of(kind, flows)
 
 
+_DICT = frozenset({dict})
+
+
 def _columns(kind: FlowKind, value: object) -> FlowBatch | None:
     """The column-wise check; None whenever the reference must look at the rows."""
-    if type(value) is not list or any(type(row) is not dict for row in value):
+    if type(value) is not list or not set(map(type, value)) <= _DICT:
         return None
     rows: list[dict[str, Any]] = value
     n = len(rows)
@@ -246,7 +249,7 @@ def _columns(kind: FlowKind, value: object) -> FlowBatch | None:
     if not types <= _NUMBER_TYPES or not all(map(_plain_categories, categories.values())):
         return None
     try:
-        read = np.array(table, dtype=np.float64).reshape(n, len(numeric))
+        read = np.fromiter(chain.from_iterable(table), np.float64, n * len(numeric)).reshape(n, len(numeric))
         if order is not None:  # rows listed by naming: back to row order
             read[order] = read.copy()
         values[:, numeric] = read
@@ -281,6 +284,8 @@ def _namings(kind: FlowKind, rows: list[dict[str, Any]]) -> Namings | None:
     for keys, positions in groups:
         size, allowed = len(keys), _allowed(keys)
         # a row with exactly its features' count of keys, all of them present, has no other key
+        if len(groups) == 1 and set(map(len, rows)) == {size}:
+            continue
         if any(len(rows[p]) != size and not rows[p].keys() <= allowed for p in positions):
             return None
     return [(keys, positions) for keys, positions in groups if positions]
@@ -304,15 +309,15 @@ def _allowed(keys: tuple[str, ...]) -> frozenset[str]:
 
 
 def _plain_categories(column: list[Any]) -> bool:
-    """Names that are not digits, or non-negative integer codes (the bound is checked against the serving model)."""
-    for v in column:
-        kind = type(v)
-        if kind is str:
-            if v.strip().isdigit():  # a code written as text: the reference converts it
-                return False
-        elif kind is not int or v < 0:
-            return False
-    return True
+    """Names that are not digits, or non-negative integer codes (the bound is checked against the serving model).
+    Each distinct value is looked at once: a column holds a few dozen names (services, flags)."""
+    if not set(map(type, column)) <= _CATEGORY_TYPES:  # exactly str and int: no bool, whose True would equal 1
+        return False
+    # a code written as text ("5") is converted by the reference
+    return not any(v.strip().isdigit() if type(v) is str else v < 0 for v in set(column))
+
+
+_CATEGORY_TYPES = frozenset({str, int})
 
 
 def _context(rows: list[dict[str, Any]], n: int, features: int) -> dict[str, list[Any]] | None:

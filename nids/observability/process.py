@@ -38,6 +38,7 @@ from nids.observability.store import PredictionStore
 
 logger = logging.getLogger("nids.observability")
 CLOSE = b"close"
+SEND_SECONDS = 0.05
 Priority = Literal["idle", "low", "normal"]
 
 
@@ -84,12 +85,12 @@ class PredictionLogProcess:
             self.on_lost("store_error", n)
         elif self._queue.offer(batch) is None:
             self.on_lost("queue_full", n)
-        else:
-            self._wake.set()
 
     def _send(self) -> None:
+        """Every SEND_SECONDS, what was queued: one pickle and one write for many single-flow calls, and not woken
+        by each request right as its model call returns, when the request needs the GIL back."""
         while True:
-            self._wake.wait()
+            self._wake.wait(SEND_SECONDS)
             self._wake.clear()
             closing = self._closing
             batches = self._queue.take()

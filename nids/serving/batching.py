@@ -24,6 +24,8 @@ class ColumnsContainer(DataContainer[Columns, Columns]):
 
     @classmethod
     def batches_to_batch(cls, batches: Sequence[Any], batch_dim: int = 0) -> tuple[Any, list[int]]:
+        if len(batches) == 1:  # a bulk request fills a batch alone: nothing to copy
+            return batches[0], [0, len(batches[0])]
         indices = [0]
         for batch in batches:
             indices.append(indices[-1] + len(batch))
@@ -31,6 +33,8 @@ class ColumnsContainer(DataContainer[Columns, Columns]):
 
     @classmethod
     def batch_to_batches(cls, batch: Any, indices: Sequence[int], batch_dim: int = 0) -> list[Any]:
+        if len(indices) == 2 and indices[0] == 0 and indices[1] == len(batch):
+            return [batch]
         return [batch[indices[i] : indices[i + 1]] for i in range(len(indices) - 1)]
 
     @classmethod
