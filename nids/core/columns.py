@@ -385,15 +385,10 @@ class _Scores(Sequence[P]):
     def _slice(self, rows: slice) -> Self:
         raise NotImplementedError
 
-    def _context_records(self) -> list[dict[str, Any]]:
-        """One dict per flow holding its context fields (in CONTEXT_FIELDS order), for records() to complete."""
+    def _context_columns(self) -> tuple[list[Any], ...]:
+        """The context columns in CONTEXT_FIELDS order, for records() to zip with the score columns."""
         c = self.context
-        return [
-            {"flow_id": flow_id, "src_ip": src_ip, "dst_ip": dst_ip, "src_port": src_port, "timestamp": timestamp}
-            for flow_id, src_ip, dst_ip, src_port, timestamp in zip(
-                c["flow_id"], c["src_ip"], c["dst_ip"], c["src_port"], c["timestamp"], strict=True
-            )
-        ]
+        return c["flow_id"], c["src_ip"], c["dst_ip"], c["src_port"], c["timestamp"]
 
     def json(self) -> bytes:
         return orjson.dumps(self.records())
@@ -406,23 +401,21 @@ class ThreatScores(_Scores[ThreatPrediction]):
     is_attack: np.ndarray
     threshold: float
     model_version: str
-    unknown: list[list[str]]
+    unknown: list[Sequence[str]]  # per flow, the categorical features it named unknown (mostly ())
 
     def model(self) -> type[ThreatPrediction]:
         return ThreatPrediction
 
     def records(self) -> list[dict[str, Any]]:
-        threshold, version = self.threshold, self.model_version
-        records = self._context_records()
-        for record, score, attack, unknown in zip(
-            records, self.scores.tolist(), self.is_attack.tolist(), self.unknown, strict=True
-        ):
-            record["prediction_score"] = score
-            record["is_attack"] = attack
-            record["threshold"] = threshold
-            record["model_version"] = version
-            record["unknown_categories"] = unknown
-        return records
+        t, v = self.threshold, self.model_version
+        columns = zip(
+            *self._context_columns(), self.scores.tolist(), self.is_attack.tolist(), self.unknown, strict=True
+        )
+        return [
+            {"flow_id": f, "src_ip": s, "dst_ip": d, "src_port": p, "timestamp": ts, "prediction_score": score,
+             "is_attack": attack, "threshold": t, "model_version": v, "unknown_categories": unknown}
+            for f, s, d, p, ts, score, attack, unknown in columns
+        ]  # fmt: skip
 
     @classmethod
     def concat(cls, parts: Sequence[ThreatScores]) -> ThreatScores:
@@ -459,18 +452,16 @@ class AttackScores(_Scores[AttackPrediction]):
         return AttackPrediction
 
     def records(self) -> list[dict[str, Any]]:
-        names, version = self.class_names, self.model_version
-        records = self._context_records()
-        for record, codes, probabilities in zip(records, self.top.tolist(), self.top_proba.tolist(), strict=True):
-            record["attack_type_encoded"] = codes[0]
-            record["attack_type_name"] = names[codes[0]]
-            record["confidence"] = probabilities[0]
-            record["top_classes"] = [
-                {"attack_type_name": names[code], "attack_type_encoded": code, "probability": p}
-                for code, p in zip(codes, probabilities, strict=True)
-            ]
-            record["model_version"] = version
-        return records
+        names, v = self.class_names, self.model_version
+        columns = zip(*self._context_columns(), self.top.tolist(), self.top_proba.tolist(), strict=True)
+        return [
+            {"flow_id": f, "src_ip": s, "dst_ip": d, "src_port": p, "timestamp": ts, "attack_type_encoded": codes[0],
+             "attack_type_name": names[codes[0]], "confidence": probabilities[0],
+             "top_classes": [{"attack_type_name": names[code], "attack_type_encoded": code, "probability": q}
+                             for code, q in zip(codes, probabilities, strict=True)],
+             "model_version": v}
+            for f, s, d, p, ts, codes, probabilities in columns
+        ]  # fmt: skip
 
     @classmethod
     def concat(cls, parts: Sequence[AttackScores]) -> AttackScores:

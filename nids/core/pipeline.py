@@ -123,12 +123,13 @@ def detect_threats(
     return ThreatScores(batch.context, scores, is_attack, threshold, model.tag, unknown)
 
 
-def unknown_categories(model: LoadedModel, flows: FlowBatch) -> list[list[str]]:
-    """Per flow, the categorical features whose name the model does not know (scored as the unknown code)."""
-    unknown: list[list[str]] = [[] for _ in range(len(flows))]
+def unknown_categories(model: LoadedModel, flows: FlowBatch) -> list[Sequence[str]]:
+    """Per flow, the categorical features whose name the model does not know (scored as the unknown code); the
+    flows that named none share one empty tuple."""
+    unknown: list[Sequence[str]] = [()] * len(flows)
     for feature in flows.categories:  # codes are never negative: UNKNOWN_CODE marks an unknown name
         for position in np.flatnonzero(flows.codes(model, feature) == UNKNOWN_CODE).tolist():
-            unknown[position].append(feature)
+            unknown[position] = (*unknown[position], feature)
     return unknown
 
 
