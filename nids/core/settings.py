@@ -6,6 +6,7 @@ message naming the variable. Every layer takes what it needs from this one objec
 
 from __future__ import annotations
 
+import math
 import os
 from functools import cache
 from pathlib import Path
@@ -35,9 +36,25 @@ def default_data_dir() -> Path:
     return CONTAINER_DATA_DIR if os.environ.get("BENTOML_CONTAINERIZED", "").lower() == "true" else Path("var")
 
 
+CPU_QUOTA_FILE = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def usable_cores() -> int:
+    """The cores this process may use: the CPUs it may run on, capped by a cgroup CPU quota (`docker run --cpus`),
+    which os.cpu_count() ignores (a 1-CPU container on a 16-core host would start 16 workers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = CPU_QUOTA_FILE.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 quota here
+        pass
+    return max(1, cores)
+
+
 def default_workers() -> int:
-    """One worker per core (each scores on one ONNX thread; new connections go to the least loaded worker)."""
-    return max(1, os.cpu_count() or 1)
+    """One worker per usable core (each scores on one ONNX thread; new connections go to the least loaded one)."""
+    return usable_cores()
 
 
 class Settings(BaseSettings):

@@ -29,10 +29,25 @@ def test_nids_data_dir_still_wins_in_a_container(monkeypatch: pytest.MonkeyPatch
     assert Settings(_env_file=None).data_dir == Path("/srv/nids")
 
 
-@pytest.mark.parametrize(("cores", "workers"), [(None, 1), (1, 1), (2, 2), (4, 4), (16, 16)])
-def test_several_workers_where_the_machine_has_the_cores(
-    monkeypatch: pytest.MonkeyPatch, cores: int | None, workers: int
+@pytest.mark.parametrize(
+    ("cores", "quota", "workers"),
+    [
+        (1, None, 1),
+        (2, None, 2),
+        (16, None, 16),
+        (16, "max 100000", 16),
+        (16, "150000 100000", 2),
+        (2, "50000 100000", 1),
+    ],
+)
+def test_one_worker_per_usable_core(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cores: int, quota: str | None, workers: int
 ) -> None:
+    """The CPUs the process may run on, capped by a container's CPU quota (`docker run --cpus 1.5`: 2 workers)."""
     monkeypatch.delenv("NIDS_WORKERS", raising=False)
-    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    cpu_max = tmp_path / "cpu.max"
+    if quota is not None:
+        cpu_max.write_text(quota + "\n")
+    monkeypatch.setattr("nids.core.settings.CPU_QUOTA_FILE", cpu_max)
     assert Settings(_env_file=None).workers == workers
