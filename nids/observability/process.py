@@ -120,6 +120,7 @@ class PredictionLogProcess:
     def _gone(self, rows: int, error: BaseException) -> None:
         with self._lock:
             was_alive, self._alive = self._alive, False
+        rows += sum(map(len, self._queue.take()))  # queued before the end was seen: lost too, and counted
         if rows:
             self.on_lost("store_error", rows)
         if was_alive:
