@@ -12,8 +12,8 @@ one worker while the other idled (bentoml/BentoML#5426; half the throughput of a
   the least loaded other worker leaves the new connection in the queue for DEFER_SECONDS, for that worker to take,
   and then accepts it itself if nobody has. A new connection waits at most DEFER_SECONDS; balanced workers never
   defer.
-A worker's count is published whenever a connection waits and every REFRESH_SECONDS (closed connections lower it),
-so a worker whose clients left is seen as free again. Workers of other event loops (uvloop)
+A worker's count is published whenever a connection waits, is accepted and is closed, so a worker whose clients
+just left is seen as free at once. Workers of other event loops (uvloop)
 or Python versions whose loop lacks the patched hooks keep the default behaviour (logged).
 """
 
@@ -33,8 +33,7 @@ from typing import Any
 from bentoml._internal.context import server_context
 
 logger = logging.getLogger("nids.serving")
-DEFER_SECONDS = 0.005
-REFRESH_SECONDS = 0.05
+DEFER_SECONDS = 0.02
 SLOTS = 256  # workers per `bentoml serve` the board can hold
 _BOARD_NAME = re.compile(r"nids-workers-(\d+)\.i32")
 _accept = selector_events.BaseSelectorEventLoop._accept_connection
@@ -55,7 +54,6 @@ class Board:
         finally:
             os.close(fd)
         self._counts = memoryview(self._map).cast("i")
-        self._watched: set[int] = set()
         self.publish(0)
 
     def publish(self, connections: int) -> None:
@@ -63,19 +61,6 @@ class Board:
 
     def least_of_others(self) -> int:
         return min(self._counts[i] for i in range(self.workers) if i != self.slot)
-
-    def watch(self, loop: asyncio.AbstractEventLoop, server: Any) -> None:
-        """Publish the server's count every REFRESH_SECONDS while it serves (once per server)."""
-        if id(server) in self._watched:
-            return
-        self._watched.add(id(server))
-
-        def refresh() -> None:
-            if server.is_serving():
-                self.publish(_open_connections(server))
-                loop.call_later(REFRESH_SECONDS, refresh)
-
-        loop.call_later(REFRESH_SECONDS, refresh)
 
     def should_defer(self, connections: int) -> bool:
         """Publish this worker's count; True when another worker holds fewer connections."""
@@ -109,6 +94,27 @@ def _open_connections(server: Any) -> int:
     return int(getattr(server, "_active_count", 0))  # asyncio.Server: transports attached and not yet closed
 
 
+def _counted(loop: asyncio.AbstractEventLoop, protocol_factory: Any, server: Any, board: Board) -> Any:
+    """`protocol_factory` whose connections publish this worker's count once attached and once closed."""
+
+    def publish() -> None:
+        board.publish(_open_connections(server))
+
+    def make() -> Any:
+        protocol = protocol_factory()
+        lost = protocol.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            lost(exc)
+            loop.call_soon(publish)  # the server detaches the transport right after
+
+        protocol.connection_lost = connection_lost
+        loop.call_soon(publish)  # the transport attaches right after
+        return protocol
+
+    return make
+
+
 def balanced_accept(board: Board) -> Any:
     """An `_accept_connection` for BaseSelectorEventLoop that accepts one connection per wake-up, deferring to a
     less loaded worker of `board`."""
@@ -122,17 +128,16 @@ def balanced_accept(board: Board) -> Any:
         backlog: int = 100,
         *timeouts: Any,
     ) -> None:
-        if server is not None:
-            board.watch(loop, server)
+        counted = _counted(loop, protocol_factory, server, board)
         if not board.should_defer(_open_connections(server)):
-            _accept(loop, protocol_factory, sock, sslcontext, server, 1, *timeouts)
+            _accept(loop, counted, sock, sslcontext, server, 1, *timeouts)
             return
         loop._remove_reader(sock.fileno())  # type: ignore[attr-defined]
 
         def take_it_if_waiting() -> None:
             if sock.fileno() == -1 or (server is not None and not server.is_serving()):
                 return  # the server closed meanwhile
-            _accept(loop, protocol_factory, sock, sslcontext, server, 1, *timeouts)
+            _accept(loop, counted, sock, sslcontext, server, 1, *timeouts)
             again = (protocol_factory, sock, sslcontext, server, backlog, *timeouts)
             loop._add_reader(sock.fileno(), loop._accept_connection, *again)  # type: ignore[attr-defined]
 

@@ -60,6 +60,7 @@ def test_keep_alive_connections_are_spread_over_the_workers(server: Server) -> N
             ports.append(connection.sock.getsockname()[1])
         for connection in connections:
             connection.close()
+        time.sleep(0.2)  # the server sees both closed before the next pair connects
         workers = {_worker_of(server, client_port) for client_port in ports}
         assert len(workers) == 2, f"connections from ports {ports} served by workers {workers}"
 
