@@ -36,6 +36,7 @@ def default_data_dir() -> Path:
     return CONTAINER_DATA_DIR if os.environ.get("BENTOML_CONTAINERIZED", "").lower() == "true" else Path("var")
 
 
+LogPriority = Literal["idle", "low", "normal"]  # of the prediction log's writer process (nids.observability.process)
 CPU_QUOTA_FILE = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
@@ -127,7 +128,7 @@ class Settings(BaseSettings):
     prediction_log_queue_rows: int = Field(100_000, gt=0, description="rows waiting to be written; more are dropped")
     prediction_log_batch_rows: int = Field(1_000, gt=0, description="rows written per transaction")
     prediction_log_flush_seconds: float = Field(0.5, gt=0, description="longest a prediction waits to be written")
-    prediction_log_priority: Literal["idle", "low", "normal"] = Field(
+    prediction_log_priority: LogPriority = Field(
         "idle", description="CPU priority of the log's writer process: idle (runs on spare CPU only), low (nice 10)"
     )
     prediction_log_max_rows: int = Field(1_000_000, gt=0, description="retention: the newest rows kept")
@@ -144,7 +145,9 @@ class Settings(BaseSettings):
 
     # --- workers (issue 12): one process per core, ONNX on one thread each (BENCHMARKS.md, bulk and single flow) ---
     workers: int = Field(
-        default_factory=default_workers, gt=0, description="`bentoml serve` worker processes (default: one per core)"
+        default_factory=default_workers,
+        gt=0,
+        description="`bentoml serve` worker processes (default: one per usable core)",
     )
 
     # --- hardening (issue 12): a locked audit store answers 503 in time, never holds a request for long ---------

@@ -29,9 +29,10 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from nids.core.database import open_database
+from nids.core.settings import LogPriority
 from nids.observability.log import BatchQueue, LostReason, PredictionLog
 from nids.observability.records import PredictionBatch
 from nids.observability.store import PredictionStore
@@ -39,7 +40,6 @@ from nids.observability.store import PredictionStore
 logger = logging.getLogger("nids.observability")
 CLOSE = b"close"
 SEND_SECONDS = 0.05
-Priority = Literal["idle", "low", "normal"]
 
 
 class PredictionLogProcess:
@@ -50,7 +50,7 @@ class PredictionLogProcess:
         url: str,
         table_prefix: str,
         *,
-        priority: Priority = "idle",
+        priority: LogPriority = "idle",
         queue_rows: int = 100_000,
         on_written: Callable[[int], None] = lambda rows: None,
         on_lost: Callable[[LostReason, int], None] = lambda reason, rows: None,
@@ -140,7 +140,7 @@ class PredictionLogProcess:
         self._conn.close()
 
 
-def lower_priority(priority: Priority) -> None:
+def lower_priority(priority: LogPriority) -> None:
     """This process's CPU priority below the workers' (measured on bulk scoring with 2 workers on 2 cores: the
     writers took 30% of the machine at nice 10, 20% as SCHED_IDLE, and the API went from 75-78k to 87-91k flows/s)."""
     if priority == "low":

@@ -13,8 +13,7 @@ one worker while the other idled (bentoml/BentoML#5426; half the throughput of a
   and then accepts it itself if nobody has. A new connection waits at most DEFER_SECONDS; balanced workers never
   defer.
 A worker's count is published whenever a connection waits, is accepted and is closed, so a worker whose clients
-just left is seen as free at once. Workers of other event loops (uvloop)
-or Python versions whose loop lacks the patched hooks keep the default behaviour (logged).
+just left is seen as free at once. A worker on another event loop (uvloop) keeps the default behaviour (logged).
 """
 
 from __future__ import annotations

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 
 from nids.core.database import SqliteDatabase
 from nids.core.model import ActiveModels
 from nids.observability.process import PredictionLogProcess
 from nids.observability.store import PredictionStore
 
-from .test_log import batch, flows, models  # noqa: F401  (fixtures)
+from .conftest import batch
 
 
 def _url(path: Path) -> str:
@@ -43,8 +42,8 @@ def _writer() -> psutil.Process:
 
 def test_batches_are_written_by_a_lower_priority_process_and_counted(
     tmp_path: Path,
-    models: ActiveModels,  # noqa: F811
-    flows: Any,  # noqa: F811
+    models: ActiveModels,
+    flows: Any,
 ) -> None:
     written: list[int] = []
     log = PredictionLogProcess(_url(tmp_path / "log.sqlite3"), "nids_", flush_seconds=0.05,
@@ -61,7 +60,7 @@ def test_batches_are_written_by_a_lower_priority_process_and_counted(
     assert not [p for p in psutil.Process().children() if "nids.observability.process" in " ".join(p.cmdline())]
 
 
-def test_a_full_queue_is_counted_not_blocking(tmp_path: Path, models: ActiveModels, flows: Any) -> None:  # noqa: F811
+def test_a_full_queue_is_counted_not_blocking(tmp_path: Path, models: ActiveModels, flows: Any) -> None:
     lost: list[tuple[str, int]] = []
     log = PredictionLogProcess(_url(tmp_path / "log.sqlite3"), "nids_", queue_rows=len(flows),
                                on_lost=lambda reason, rows: lost.append((reason, rows)))  # fmt: skip
@@ -75,7 +74,7 @@ def test_a_full_queue_is_counted_not_blocking(tmp_path: Path, models: ActiveMode
         log.close()
 
 
-def test_a_writer_that_died_is_counted_as_store_errors(tmp_path: Path, models: ActiveModels, flows: Any) -> None:  # noqa: F811
+def test_a_writer_that_died_is_counted_as_store_errors(tmp_path: Path, models: ActiveModels, flows: Any) -> None:
     lost: list[tuple[str, int]] = []
     log = PredictionLogProcess(_url(tmp_path / "log.sqlite3"), "nids_",
                                on_lost=lambda reason, rows: lost.append((reason, rows)))  # fmt: skip
@@ -101,12 +100,8 @@ time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL])
 def test_a_killed_worker_leaves_no_writer_and_loses_nothing_handed_over(
-    tmp_path: Path,
-    models: ActiveModels,  # noqa: F811
-    flows: Any,  # noqa: F811
-    signum: int,
+    tmp_path: Path, models: ActiveModels, flows: Any
 ) -> None:
     """The worker is killed right after recording: the child writes what it had received, then exits."""
     batches = tmp_path / "batches.pickle"
@@ -116,7 +111,7 @@ def test_a_killed_worker_leaves_no_writer_and_loses_nothing_handed_over(
     assert worker.stdout is not None and worker.stdout.readline() == b"recorded\n"
     (child,) = psutil.Process(worker.pid).children()
     time.sleep(0.5)  # the sender hands the batches over
-    worker.send_signal(signum)
+    worker.send_signal(signal.SIGKILL)
     worker.wait(10)
     child.wait(20)  # flush_seconds=60: only the end of the socket makes it write now and exit
     assert _rows_in(tmp_path / "log.sqlite3", 5 * len(flows), seconds=0) == 5 * len(flows)
