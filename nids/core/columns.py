@@ -397,24 +397,32 @@ class _Scores(Sequence[P]):
 @dataclass(frozen=True, eq=False)
 class ThreatScores(_Scores[ThreatPrediction]):
     context: dict[str, list[Any]]
-    scores: np.ndarray
+    scores: np.ndarray  # the original's scale: >= 0.5 exactly when is_attack (nids.core.pipeline.verdict_scores)
     is_attack: np.ndarray
-    threshold: float
+    threshold: float  # 0.5, the threshold on `scores`
     model_version: str
     unknown: list[Sequence[str]]  # per flow, the categorical features it named unknown (mostly ())
+    probability: np.ndarray  # the model's P(attack)
+    decision_threshold: float  # the model's operating point on `probability`
 
     def model(self) -> type[ThreatPrediction]:
         return ThreatPrediction
 
     def records(self) -> list[dict[str, Any]]:
-        t, v = self.threshold, self.model_version
+        t, v, d = self.threshold, self.model_version, self.decision_threshold
         columns = zip(
-            *self._context_columns(), self.scores.tolist(), self.is_attack.tolist(), self.unknown, strict=True
+            *self._context_columns(),
+            self.scores.tolist(),
+            self.is_attack.tolist(),
+            self.unknown,
+            self.probability.tolist(),
+            strict=True,
         )
         return [
-            {"flow_id": f, "src_ip": s, "dst_ip": d, "src_port": p, "timestamp": ts, "prediction_score": score,
-             "is_attack": attack, "threshold": t, "model_version": v, "unknown_categories": unknown}
-            for f, s, d, p, ts, score, attack, unknown in columns
+            {"flow_id": f, "src_ip": s, "dst_ip": dst, "src_port": p, "timestamp": ts, "prediction_score": score,
+             "is_attack": attack, "threshold": t, "model_version": v, "unknown_categories": unknown,
+             "attack_probability": probability, "decision_threshold": d}
+            for f, s, dst, p, ts, score, attack, unknown, probability in columns
         ]  # fmt: skip
 
     @classmethod
@@ -427,12 +435,21 @@ class ThreatScores(_Scores[ThreatPrediction]):
             first.threshold,
             first.model_version,
             [names for p in parts for names in p.unknown],
+            np.concatenate([p.probability for p in parts]),
+            first.decision_threshold,
         )
 
     def _slice(self, rows: slice) -> ThreatScores:
         context = {name: values[rows] for name, values in self.context.items()}
         return ThreatScores(
-            context, self.scores[rows], self.is_attack[rows], self.threshold, self.model_version, self.unknown[rows]
+            context,
+            self.scores[rows],
+            self.is_attack[rows],
+            self.threshold,
+            self.model_version,
+            self.unknown[rows],
+            self.probability[rows],
+            self.decision_threshold,
         )
 
 

@@ -60,6 +60,9 @@ class Observer(Protocol):
 
 TOP_CLASSES = 3
 BENIGN_CODE = 0  # ATTACK_CLASSES[0] == "BENIGN"
+# the original system's threat scale: 0.0-0.5 normal, 0.5-1.0 attack (verdict_scores)
+SCORE_THRESHOLD = 0.5
+_JUST_BELOW = float(np.nextafter(SCORE_THRESHOLD, 0.0))
 
 # CICFlowMeter's own names of the context columns (both releases) -> context field
 CSV_CONTEXT_COLUMNS: dict[str, str] = {
@@ -112,15 +115,42 @@ def detect_threats(
     model = models.threat
     batch = FlowBatch.of("threat", flows)
     check_codes(model, batch, rows)
-    scores = probabilities(model, batch)[:, 1]
-    threshold = float(model.threshold if model.threshold is not None else 0.5)  # none recorded: argmax
-    is_attack = scores >= threshold
+    probability = probabilities(model, batch)[:, 1]
+    threshold = float(model.threshold if model.threshold is not None else SCORE_THRESHOLD)  # none recorded: argmax
+    scores, is_attack = verdict_scores(probability, threshold)
     unknown = unknown_categories(model, batch)
     if observer is not None and len(batch):
         observer.count_threats(is_attack)
         for feature, n in Counter(name for names in unknown for name in names).items():
             observer.count_unknown_categories(feature, n)
-    return ThreatScores(batch.context, scores, is_attack, threshold, model.tag, unknown)
+    return ThreatScores(batch.context, scores, is_attack, SCORE_THRESHOLD, model.tag, unknown, probability, threshold)
+
+
+def verdict_scores(probability: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The original system's threat score of P(attack) and the verdict: `score >= 0.5` exactly when
+    `probability >= threshold`.
+
+    A monotone piecewise-linear map: [0, threshold) onto [0, 0.5), [threshold, 1] onto [0.5, 1]. Rounding cannot
+    cross 0.5: a normal verdict's score is held just below it, an attack's at 0.5 or above.
+    """
+    p = np.asarray(probability, dtype=np.float64)
+    is_attack = p >= threshold
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = p * (SCORE_THRESHOLD / threshold) if threshold > 0 else np.zeros_like(p)
+        above = SCORE_THRESHOLD + (p - threshold) * (SCORE_THRESHOLD / (1 - threshold)) if threshold < 1 else p
+    scores = np.where(is_attack, np.clip(above, SCORE_THRESHOLD, 1.0), np.clip(below, 0.0, _JUST_BELOW))
+    return scores, is_attack
+
+
+def classifier_verdict_scores(proba: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The threat score of a verdict made by the attack classifier (attack when the predicted class is not BENIGN):
+    0.5 + (P(most probable attack class) - P(BENIGN)) / 2, held on the side of 0.5 its verdict is on."""
+    if not len(proba):
+        return np.empty(0)
+    margin = proba[:, BENIGN_CODE + 1 :].max(axis=1) - proba[:, BENIGN_CODE]
+    scores = SCORE_THRESHOLD + margin * SCORE_THRESHOLD
+    attack = codes != BENIGN_CODE
+    return np.where(attack, np.clip(scores, SCORE_THRESHOLD, 1.0), np.clip(scores, 0.0, _JUST_BELOW))
 
 
 def unknown_categories(model: LoadedModel, flows: FlowBatch) -> list[Sequence[str]]:
@@ -160,8 +190,9 @@ def analyze(
 ) -> AnalyzeResponse:
     """The whole pipeline per flow: threat verdict, attack type and self-healing action (42-feature flows).
 
-    A 42-feature flow's threat verdict comes from the classifier: score = 1 - P(BENIGN), attack when the
-    predicted class is not BENIGN (threshold null). A 10-feature flow has no attack type, hence no action.
+    A 42-feature flow's threat verdict comes from the classifier: attack when the predicted class is not BENIGN,
+    attack_probability = 1 - P(BENIGN), prediction_score on the 0.5 scale (classifier_verdict_scores). A
+    10-feature flow has no attack type, hence no action.
     """
     flows = [item.root for item in items]
     threat_index = [i for i, flow in enumerate(flows) if isinstance(flow, ThreatFlow)]
@@ -190,15 +221,18 @@ def analyze(
     ]
     actions = self_heal(heal, events, observer) if events else []
     benign_proba = proba[:, BENIGN_CODE]
-    for i, prediction, p_benign, code, action in zip(
-        attack_index, attack_predictions, benign_proba, codes, actions, strict=True
+    verdict_score = classifier_verdict_scores(proba, codes)
+    for i, prediction, p_benign, score, code, action in zip(
+        attack_index, attack_predictions, benign_proba, verdict_score, codes, actions, strict=True
     ):
         verdict = ThreatPrediction(
             **_echo(prediction),
-            prediction_score=float(1.0 - p_benign),
+            prediction_score=float(score),
             is_attack=bool(code != BENIGN_CODE),
-            threshold=None,
+            threshold=SCORE_THRESHOLD,
             model_version=prediction.model_version,
+            attack_probability=float(1.0 - p_benign),
+            decision_threshold=None,
         )
         results[i] = AnalyzeResult(
             **_echo(prediction),

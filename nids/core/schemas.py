@@ -188,17 +188,29 @@ AttackEvents = Annotated[list[AttackEvent], BeforeValidator(check_row_count)]
 
 # --- responses ---------------------------------------------------------------------------------------------
 class ThreatPrediction(Echoed):
-    prediction_score: float = Field(ge=0, le=1, description="probability that the flow is an attack")
-    is_attack: bool = Field(description="prediction_score >= threshold")
-    threshold: float | None = Field(
-        description="the detector's threshold; null when the verdict comes from the attack classifier "
-        "(analyze, 42-feature flows: score = 1 - P(BENIGN), attack when the predicted class is not BENIGN)"
+    prediction_score: float = Field(
+        ge=0,
+        le=1,
+        description="threat score on the original system's scale: 0.0-0.5 normal, 0.5-1.0 attack; >= 0.5 exactly "
+        "when is_attack (a monotone map of attack_probability that puts the model's operating point at 0.5)",
     )
+    is_attack: bool = Field(description="prediction_score >= threshold")
+    threshold: float = Field(description="always 0.5: the threshold on prediction_score, as the original reports it")
     model_version: str = Field(description="model-store tag that made the prediction")
     unknown_categories: list[str] = Field(
         default_factory=list,
         description="`service` / `flag` when the name sent is unknown to the model: still scored, with the code "
         "training gave unseen names (-1); counted in nids_unknown_categories_total",
+    )
+    attack_probability: float = Field(
+        ge=0,
+        le=1,
+        description="the model's own probability of attack: P(attack) of the threat detector, or 1 - P(BENIGN) "
+        "when the verdict comes from the attack classifier (analyze, 42-feature flows)",
+    )
+    decision_threshold: float | None = Field(
+        description="the model's operating point on attack_probability (is_attack = attack_probability >= it); "
+        "null when the verdict comes from the attack classifier (attack when the predicted class is not BENIGN)"
     )
 
 

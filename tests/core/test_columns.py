@@ -203,7 +203,16 @@ def _model_value(value: Any) -> Any:
 
 def test_scores_answer_the_response_models_json() -> None:
     context = {name: [None, "x"] if name == "flow_id" else [None, None] for name in CONTEXT_FIELDS}
-    threat = ThreatScores(context, np.array([0.25, 0.75]), np.array([False, True]), 0.5, "t:1", [[], ["service"]])
+    threat = ThreatScores(
+        context,
+        np.array([0.25, 0.75]),
+        np.array([False, True]),
+        0.5,
+        "t:1",
+        [[], ["service"]],
+        np.array([0.1, 0.9]),
+        0.3,
+    )
     listed = TypeAdapter(list[ThreatPrediction])
     assert orjson.loads(threat.json()) == listed.dump_python(list(threat), mode="json")
     assert [p.flow_id for p in threat] == [None, "x"] and threat[1].unknown_categories == ["service"]

@@ -75,7 +75,10 @@ def test_original_threat_message_succeeds_unchanged(http: httpx.Client, model_st
     assert response.status_code == 200, response.text
     (prediction,) = response.json()
     assert 0 <= prediction["prediction_score"] <= 1
-    assert prediction["is_attack"] == (prediction["prediction_score"] >= prediction["threshold"])
+    # the original's meaning: 0.5 and above is an attack; the model's own probability and operating point beside it
+    assert prediction["threshold"] == 0.5
+    assert prediction["is_attack"] == (prediction["prediction_score"] >= 0.5)
+    assert prediction["is_attack"] == (prediction["attack_probability"] >= prediction["decision_threshold"])
     assert prediction["model_version"] == model_store.threat_tag
 
 
@@ -103,7 +106,7 @@ def test_reference_cases_over_http(http: httpx.Client, model_store: Any) -> None
         assert response.status_code == 200, response.text
         for case, prediction in zip(cases, response.json(), strict=True):
             if path == "/detect_threat":
-                got_class, got_score = int(prediction["is_attack"]), prediction["prediction_score"]
+                got_class, got_score = int(prediction["is_attack"]), prediction["attack_probability"]
             else:
                 got_class, got_score = prediction["attack_type_encoded"], prediction["confidence"]
             assert got_class == case.expected_class, case.description

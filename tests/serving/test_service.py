@@ -74,8 +74,8 @@ def test_detect_threat_original_message(service: Any, model_store: Any) -> None:
     (prediction,) = service.detect_threat(threat_flows({**THREAT_MESSAGE, **CONTEXT}))
     threshold = service.models.active().threat.threshold
     assert 0.0 <= prediction.prediction_score <= 1.0
-    assert prediction.threshold == threshold
-    assert prediction.is_attack == (prediction.prediction_score >= threshold)
+    assert prediction.threshold == 0.5 and prediction.decision_threshold == threshold
+    assert prediction.is_attack == (prediction.prediction_score >= 0.5) == (prediction.attack_probability >= threshold)
     assert prediction.model_version == model_store.threat_tag
     assert {name: getattr(prediction, name) for name in CONTEXT} == CONTEXT
 
@@ -93,7 +93,7 @@ def test_reference_cases_through_the_api(service: Any, model_store: Any) -> None
     threat_cases = load_reference_cases(bentoml.models.get(model_store.threat_tag))
     predictions = service.detect_threat(threat_flows(*[case.features for case in threat_cases]))
     for case, prediction in zip(threat_cases, predictions, strict=True):
-        assert prediction.prediction_score == pytest.approx(case.expected_score, abs=case.tolerance)
+        assert prediction.attack_probability == pytest.approx(case.expected_score, abs=case.tolerance)
         assert int(prediction.is_attack) == case.expected_class
     attack_cases = load_reference_cases(bentoml.models.get(model_store.attack_tag))
     predictions = service.classify_attack(attack_flows(*[case.features for case in attack_cases]))
@@ -138,10 +138,10 @@ def test_analyze_mixed_flows(service: Any) -> None:
     assert attack.attack_prediction.attack_type_name == "SSH-Patator"
     assert attack.self_healing_action.action_type == "block_ip"
     assert attack.self_healing_action.action_params["address"] == CONTEXT["src_ip"]
-    # the verdict of a 42-feature flow is the classifier's: 1 - P(BENIGN), attack unless BENIGN is predicted
-    assert attack.threat_prediction.threshold is None
-    assert attack.threat_prediction.is_attack
-    assert attack.threat_prediction.prediction_score >= attack.attack_prediction.confidence
+    # the verdict of a 42-feature flow is the classifier's: attack unless BENIGN is predicted, on the 0.5 scale
+    assert attack.threat_prediction.threshold == 0.5 and attack.threat_prediction.decision_threshold is None
+    assert attack.threat_prediction.is_attack and attack.threat_prediction.prediction_score >= 0.5
+    assert attack.threat_prediction.attack_probability >= attack.attack_prediction.confidence
     assert attack.flow_id == CONTEXT["flow_id"]
     summary = response.summary
     assert summary.total == 2
