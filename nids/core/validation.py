@@ -12,6 +12,8 @@ choice is in docs/api.md ("Validation"). Values were measured on the committed d
   and `min_seg_size_forward` to -5.4e8 (integer overflows). Every other feature is >= 0 in both releases.
   `Flow Duration` and `Flow IAT Mean` come from the same timestamp differences as `Flow IAT Min`, so they are
   signed too (no negative value in these samples, but the same clock skew reaches them).
+- Ratios (`Down/Up Ratio`, the only ratio of the 42) may be negative: the original system's rule ("most features:
+  non-negative, except ratios allow negative"), kept so that its clients' flows are accepted as they were.
 """
 
 from __future__ import annotations
@@ -121,10 +123,13 @@ _NON_NEGATIVE = FeatureRule(0, None, "byte, packet, count, time and flag feature
 _SIGNED = FeatureRule(None, None, "CICFlowMeter emits negative values here (clock skew or counter overflow)")
 _PORT = FeatureRule(0, 65535, "a TCP/UDP port is a 16-bit number")
 _INIT_WINDOW = FeatureRule(-1, 65535, "the initial TCP window is a 16-bit field; CICFlowMeter writes -1 when unseen")
+# the original system's rule: "Most features: Non-negative (except ratios allow negative)"
+_RATIO = FeatureRule(None, None, "ratios may be negative, as the original system's rules allow")
 
 # Spaced original names; every feature not listed here is non-negative.
 _ATTACK_SPECIAL: dict[str, FeatureRule] = {
     " Destination Port": _PORT,
+    " Down/Up Ratio": _RATIO,
     " Flow Duration": _SIGNED,
     "Flow Bytes/s": _SIGNED,
     " Flow Packets/s": _SIGNED,

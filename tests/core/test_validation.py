@@ -66,9 +66,10 @@ def test_threat_ranges(name: str, low: float, high: float | None) -> None:
     assert (rule.low, rule.high) == (low, high)
 
 
-def test_attack_ranges_signed_only_where_cicflowmeter_emits_negatives() -> None:
+def test_attack_ranges_signed_only_where_cicflowmeter_emits_negatives_and_for_the_ratio() -> None:
     signed = {name for name, rule in ATTACK_RULES.items() if rule.low is None}
     assert signed == {
+        " Down/Up Ratio",  # the original system's rule: ratios may be negative
         " Flow Duration",
         "Flow Bytes/s",
         " Flow Packets/s",
