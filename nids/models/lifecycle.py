@@ -58,10 +58,13 @@ class GateMetric(BaseModel):
 
 
 class ModelEntry(BaseModel):
-    id: str = Field(description="the BentoML store tag, name:version (':' may be sent raw or as %3A in paths)")
+    id: int = Field(
+        description="the original system's integer model id: a stable alias of the tag (1, 2, ... in the order "
+        "versions were first seen, never reused); every path takes it or the tag"
+    )
     model_type: str
     version: str
-    tag: str
+    tag: str = Field(description="the BentoML store tag, name:version (':' may be sent raw or as %3A in paths)")
     is_active: bool
     served_here: bool = Field(description="this process serves this version right now")
     retired: bool = Field(description="deleted without delete_file: kept in the store, never activated")
@@ -113,12 +116,13 @@ def parse_model_type(model_type: str, loc: tuple[str, ...] = ("query", "model_ty
 
 
 def store_model(model_id: str) -> bentoml.Model:
-    """The store's model of an id `name:version`: 400 for a malformed id, 404 when absent, 400 for another type."""
+    """The store's model of a tag `name:version`: 400 for a malformed id, 404 when absent, 400 for another type
+    (`Lifecycle.model` resolves the integer ids first)."""
     name, sep, version = model_id.partition(":")
     if not sep or not name or not version or version == "latest":
         raise InvalidInput(
-            f"model id {model_id!r} must be a store tag name:version",
-            detail=[{"loc": ["path", "model_id"], "msg": "Input should be name:version", "type": "model_id"}],
+            f"model id {model_id!r} must be an integer id or a store tag name:version",
+            detail=[{"loc": ["path", "model_id"], "msg": "Input should be an id or name:version", "type": "model_id"}],
         )
     parse_model_type(name, ("path", "model_id"))
     try:
@@ -179,6 +183,7 @@ class Lifecycle:
                 continue
             if self.store.initialise(model_type, resolved, f"initial version (configured {tag})"):
                 self.store.record("startup", "initialise", model_type=model_type, to_tag=resolved)
+        self.list_versions()  # integer ids for the versions already in the store, in the order they were made
         self.sync()
         if self.registry.ready:
             return
@@ -285,19 +290,35 @@ class Lifecycle:
         return statuses
 
     # --- reading ----------------------------------------------------------------------------------------
+    def model(self, model_id: str) -> bentoml.Model:
+        """The store's model of an id: the integer alias (the original's `1`) or the tag `name:version`."""
+        if model_id.isascii() and model_id.isdigit():
+            tag = self.store.tag_of(int(model_id))
+            if tag is None:
+                raise NotFound(f"no model with id {model_id}")
+            return store_model(tag)
+        return store_model(model_id)
+
     def list_versions(self, model_type: str | None = None) -> list[ModelEntry]:
         """Every version of the served model types in the store, newest first."""
         types = [parse_model_type(model_type)] if model_type is not None else list(ROLES)
         active, notes = self.store.active(), self.store.notes()
         models = [model for name in types for model in _store_versions(name)]
-        models.sort(key=lambda m: m.creation_time, reverse=True)
-        return [self._entry(model, active, notes) for model in models]
+        models.sort(key=lambda m: m.creation_time)
+        aliases = self.store.aliases([str(model.tag) for model in models])  # ids follow creation order
+        return [self._entry(model, active, notes, aliases) for model in reversed(models)]
 
     def get_version(self, model_id: str) -> ModelEntry:
-        return self._entry(store_model(model_id), self.store.active(), self.store.notes())
+        model = self.model(model_id)
+        aliases = self.store.aliases([str(model.tag)])
+        return self._entry(model, self.store.active(), self.store.notes(), aliases)
 
     def _entry(
-        self, model: bentoml.Model, active: Mapping[str, ActiveState], notes: Mapping[str, VersionNote]
+        self,
+        model: bentoml.Model,
+        active: Mapping[str, ActiveState],
+        notes: Mapping[str, VersionNote],
+        aliases: Mapping[str, int],
     ) -> ModelEntry:
         tag, metadata = str(model.tag), model.info.metadata
         state, note = active.get(model.tag.name), notes.get(tag)
@@ -315,7 +336,7 @@ class Lifecycle:
             status, checked_at = note.check_status, note.checked_at
         threshold = metadata.get("threshold")
         return ModelEntry(
-            id=tag,
+            id=aliases[tag],
             model_type=model.tag.name,
             version=str(model.tag.version),
             tag=tag,
@@ -379,7 +400,7 @@ class Lifecycle:
     # --- writing ----------------------------------------------------------------------------------------
     def activate(self, model_id: str, actor: str, *, force: bool = False, reason: str | None = None) -> ModelEntry:
         """Verify (hashes, reference cases, contract), pass the gate (or `force` with a reason), switch, audit."""
-        model = store_model(model_id)
+        model = self.model(model_id)
         tag, model_type = str(model.tag), model.tag.name
         if force and not (reason and reason.strip()):
             raise InvalidInput(
@@ -388,7 +409,18 @@ class Lifecycle:
             )
         state = self._state(model_type)
         if state.tag == tag:
-            raise Conflict(f"model {tag} is already the active {model_type}")
+            # the original's rollback is two steps (deactivate, then activate the previous version); deactivate
+            # already rolled back here, so the second step finds its version active: no change, recorded, 200
+            self.store.record(
+                actor,
+                "activate",
+                model_type=model_type,
+                from_tag=tag,
+                to_tag=tag,
+                reason=reason.strip() if reason else "already active: no change",
+                detail={"no_change": True},
+            )
+            return self.get_version(tag)
         note = self.store.notes().get(tag)
         if note is not None and note.retired:
             raise Conflict(f"model {tag} was retired (deleted without delete_file); it cannot be activated")
@@ -418,7 +450,7 @@ class Lifecycle:
 
     def deactivate(self, model_id: str, actor: str, reason: str | None = None) -> ModelEntry:
         """Roll the type of `model_id` (which must be active) back to the previously active version."""
-        model = store_model(model_id)
+        model = self.model(model_id)
         tag, model_type = str(model.tag), model.tag.name
         state = self._state(model_type)
         if state.tag != tag:
@@ -436,7 +468,7 @@ class Lifecycle:
 
     def delete(self, model_id: str, actor: str, *, delete_file: bool = False) -> dict[str, Any]:
         """Retire a version (kept in the store, never activated) or, with delete_file, remove it from the store."""
-        model = store_model(model_id)
+        model = self.model(model_id)
         tag, model_type = str(model.tag), model.tag.name
         if self._state(model_type).tag == tag:
             raise Conflict(f"model {tag} is the active {model_type}; activate another version before deleting it")

@@ -209,7 +209,7 @@ def switch_and_measure(prober: Prober, do: Callable[[], httpx.Response], version
 def test_list_get_profile_and_storage_agree_with_the_store(http: httpx.Client, versions: Versions) -> None:
     listed = http.get(f"{MODELS}/")
     assert listed.status_code == 200, listed.text
-    entries = {entry["id"]: entry for entry in listed.json()}
+    entries = {entry["tag"]: entry for entry in listed.json()}
     assert set(entries) == store_listing(versions.home)
     assert {tag for tag, entry in entries.items() if entry["is_active"]} == {versions.threat, versions.attack}
     new = entries[versions.threat_new]
@@ -222,13 +222,13 @@ def test_list_get_profile_and_storage_agree_with_the_store(http: httpx.Client, v
     assert active["activated_by"] == "startup" and active["reference_cases"]["status"] == "passed"
 
     only_attack = http.get(f"{MODELS}/", params={"model_type": ATTACK_MODEL_NAME}).json()
-    assert {entry["id"] for entry in only_attack} == {t for t in entries if t.startswith(ATTACK_MODEL_NAME)}
+    assert {entry["tag"] for entry in only_attack} == {t for t in entries if t.startswith(ATTACK_MODEL_NAME)}
     one = http.get(f"{MODELS}/{versions.threat_new}")
-    assert one.status_code == 200 and one.json()["id"] == versions.threat_new
-    assert http.get(f"{MODELS}/{versions.threat_new.replace(':', '%3A')}").json()["id"] == versions.threat_new
+    assert one.status_code == 200 and one.json()["tag"] == versions.threat_new
+    assert http.get(f"{MODELS}/{versions.threat_new.replace(':', '%3A')}").json()["tag"] == versions.threat_new
 
     profile = http.get(f"{MODELS}/profile/{THREAT_MODEL_NAME}").json()
-    assert profile["active"]["id"] == versions.threat and profile["replica"]["in_sync"] is True
+    assert profile["active"]["tag"] == versions.threat and profile["replica"]["in_sync"] is True
     storage = http.get(f"{MODELS}/stats/storage").json()
     assert storage["total_versions"] == len(entries)
     assert storage["total_bytes"] == sum(entry["size_bytes"] for entry in entries.values())
@@ -281,7 +281,7 @@ def test_activation_switches_both_workers_without_a_failed_request(
         back, took_back = switch_and_measure(
             prober, lambda: http.post(f"{MODELS}/{versions.threat_new}/deactivate", headers=ADMIN), versions.threat
         )
-        assert back.json()["id"] == versions.threat and back.json()["is_active"]
+        assert back.json()["tag"] == versions.threat and back.json()["is_active"]
         assert took_back < SWITCH_SECONDS
     assert len(prober.calls) > 20
     assert [c for c in prober.calls if c[1] != 200] == []  # no failed request during either switch
@@ -357,8 +357,19 @@ def test_a_version_failing_a_check_is_refused_naming_it(
     assert http.get(f"{MODELS}/{tag}").json()["reference_cases"]["status"].startswith("failed: ")
 
 
-def test_activating_the_active_version_is_a_conflict(http: httpx.Client, versions: Versions) -> None:
-    assert http.post(f"{MODELS}/{versions.threat}/activate", headers=ADMIN).status_code == 409
+def test_activating_the_active_version_answers_200_unchanged_and_is_recorded(
+    http: httpx.Client, versions: Versions
+) -> None:
+    # the second step of the original's two-step rollback (deactivate, then activate the previous version)
+    before = http.get(f"{MODELS}/profile/threat_detector").json()
+    again = http.post(f"{MODELS}/{versions.threat}/activate", headers=ADMIN)
+    assert again.status_code == 200, again.text
+    assert again.json()["is_active"] and again.json()["tag"] == versions.threat
+    after = http.get(f"{MODELS}/profile/threat_detector").json()
+    assert after["history"] == before["history"] and after["active"]["tag"] == versions.threat
+    (event,) = http.get(f"{MODELS}/events/audit", params={"model_type": "threat_detector", "limit": 1}).json()
+    assert (event["action"], event["from_tag"], event["to_tag"]) == ("activate", versions.threat, versions.threat)
+    assert event["detail"] == {"no_change": True}
 
 
 def test_upload_verifies_the_signature_and_refuses_unsafe_packages(
@@ -396,7 +407,7 @@ def test_upload_verifies_the_signature_and_refuses_unsafe_packages(
     created = upload(versions.package)
     assert created.status_code == 201, created.text
     entry = created.json()
-    assert (entry["id"], entry["is_active"]) == (versions.package_tag, False)
+    assert (entry["tag"], entry["is_active"]) == (versions.package_tag, False)
     assert (entry["description"], entry["uploaded_by"]) == ("retrained on the March capture", "admin")
     assert store_listing(versions.home) == before | {versions.package_tag}
     assert upload(versions.package).status_code == 409  # already in the store
