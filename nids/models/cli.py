@@ -94,7 +94,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, object]:
             return lifecycle.deactivate(args.tag, actor, args.reason).model_dump(mode="json")
         return {
             "versions": [
-                {"id": e.id, "is_active": e.is_active, "gate_metric": e.gate_metric.model_dump(), "retired": e.retired}
+                {
+                    "id": e.id,
+                    "tag": e.tag,
+                    "is_active": e.is_active,
+                    "gate_metric": e.gate_metric.model_dump(),
+                    "retired": e.retired,
+                }
                 for e in lifecycle.list_versions(args.model_type)
             ]
         }

@@ -10,6 +10,8 @@ PostgreSQL by URL):
   was retired (deleted without removing its files) and the last result of its checks.
 - `events`: one row per authorised write (lifecycle changes, self-healing reverts, the enforcement switch):
   who (the token's label), when, what, from, to, why.
+- `aliases`: the original system's integer model id of each tag (1, 2, ... in the order versions were first
+  seen); an id is never reused, even after its version is deleted from the store.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ _NOTE_COLUMNS = "tag, description, uploaded_by, retired, check_status, checked_a
 
 class LifecycleStore:
     def __init__(self, db: Database, prefix: str = "lifecycle_") -> None:
-        tables = db.tables(prefix, "lifecycle", "active", "versions", "events")
-        self.active_table, self.versions_table, self.events_table = tables
+        tables = db.tables(prefix, "lifecycle", "active", "versions", "events", "aliases")
+        self.active_table, self.versions_table, self.events_table, self.aliases_table = tables
         self.db = db
         self._run(
             [
@@ -97,6 +99,11 @@ class LifecycleStore:
                     {},
                 ),
                 (f"CREATE INDEX IF NOT EXISTS {self.events_table}_at ON {self.events_table} (at)", {}),
+                (
+                    f"CREATE TABLE IF NOT EXISTS {self.aliases_table} "
+                    "(id INTEGER PRIMARY KEY, tag TEXT NOT NULL UNIQUE)",
+                    {},
+                ),
             ]
         )
 
@@ -179,6 +186,32 @@ class LifecycleStore:
 
     def forget(self, tag: str) -> None:
         self._run([(f"DELETE FROM {self.versions_table} WHERE tag = :tag", {"tag": tag})])
+
+    # --- integer ids (the original system's model ids) -----------------------------------------------------
+    def aliases(self, tags: Sequence[str] = ()) -> dict[str, int]:
+        """tag -> integer id of every aliased tag, after giving each of `tags` that has none the next id, in order."""
+        known = self._aliases()
+        for tag in tags:
+            while tag not in known:  # a concurrent writer may take the id first: the insert is skipped, try again
+                self._run(
+                    [
+                        (
+                            f"INSERT INTO {self.aliases_table} (id, tag) SELECT COALESCE(MAX(id), 0) + 1, :tag "
+                            f"FROM {self.aliases_table} WHERE NOT EXISTS "
+                            f"(SELECT 1 FROM {self.aliases_table} WHERE tag = :tag) ON CONFLICT DO NOTHING",
+                            {"tag": tag},
+                        )
+                    ]
+                )
+                known = self._aliases()
+        return known
+
+    def _aliases(self) -> dict[str, int]:
+        return {row[1]: int(row[0]) for row in self._run([(f"SELECT id, tag FROM {self.aliases_table}", {})])}
+
+    def tag_of(self, alias: int) -> str | None:
+        rows = self._run([(f"SELECT tag FROM {self.aliases_table} WHERE id = :id", {"id": alias})])
+        return str(rows[0][0]) if rows else None
 
     # --- audit trail ----------------------------------------------------------------------------------------
     def record(self, actor: str, action: str, **fields: Any) -> LifecycleEvent:

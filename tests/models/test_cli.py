@@ -46,13 +46,13 @@ def test_export_verify_import_activate_deactivate(cli, model_store, tmp_path: Pa
         assert cli("sign", str(plain), str(tmp_path / "s.bentomodel"))[1]["signed"] == tag
         bentoml.models.delete(tag)
         code, entry = cli("import", str(package), "--model-type", "threat_detector", "--description", "from CI")
-        assert code == 0 and (entry["id"], entry["is_active"], entry["description"]) == (tag, False, "from CI")
+        assert code == 0 and (entry["tag"], entry["is_active"], entry["description"]) == (tag, False, "from CI")
         code, entry = cli("activate", tag)
         assert code == 0 and entry["is_active"] and entry["activated_by"].startswith("cli:")
-        listed = {v["id"]: v["is_active"] for v in cli("list", "--model-type", "threat_detector")[1]["versions"]}
+        listed = {v["tag"]: v["is_active"] for v in cli("list", "--model-type", "threat_detector")[1]["versions"]}
         assert listed[tag] and not listed[model_store.threat_tag]
         code, entry = cli("deactivate", tag)
-        assert code == 0 and entry["id"] == model_store.threat_tag
+        assert code == 0 and entry["tag"] == model_store.threat_tag
         code, err = cli("deactivate", model_store.threat_tag)
         assert code == 1 and "refused (409)" in err
     finally:

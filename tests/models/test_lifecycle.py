@@ -45,3 +45,28 @@ def test_gate_metric_of_each_type() -> None:
     assert (threat.name, threat.value) == ("kddtest.f1", 0.8)
     assert attack.value is not None and abs(attack.value - 0.8) < 1e-9
     assert gate_metric("threat_detector", {}).value is None
+
+
+def test_integer_ids_are_stable_aliases_never_reused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    store = open_lifecycle_store(url, "t_")
+    try:
+        assert store.aliases(["threat_detector:a", "attack_classifier:b"]) == {
+            "threat_detector:a": 1,
+            "attack_classifier:b": 2,
+        }
+        assert store.aliases(["attack_classifier:b", "threat_detector:c"])["threat_detector:c"] == 3
+        store.forget("threat_detector:a")  # a version removed from the store keeps its id, unused
+        assert store.tag_of(1) == "threat_detector:a" and store.tag_of(4) is None
+    finally:
+        store.close()
+    reopened = open_lifecycle_store(url, "t_")  # another worker, or a restart: the same ids
+    try:
+        assert reopened.aliases(["threat_detector:d"]) == {
+            "threat_detector:a": 1,
+            "attack_classifier:b": 2,
+            "threat_detector:c": 3,
+            "threat_detector:d": 4,
+        }
+    finally:
+        reopened.close()

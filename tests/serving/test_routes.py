@@ -57,7 +57,7 @@ def test_without_a_signing_key_uploads_are_refused_saying_how(
 def test_reads_need_no_token(client: TestClient, model_store) -> None:
     listed = client.get("/")
     assert listed.status_code == 200
-    assert {e["id"] for e in listed.json() if e["is_active"]} == {model_store.threat_tag, model_store.attack_tag}
+    assert {e["tag"] for e in listed.json() if e["is_active"]} == {model_store.threat_tag, model_store.attack_tag}
 
 
 def test_a_name_without_versions_lists_empty(model_store) -> None:

@@ -1,7 +1,8 @@
 """The original system's model lifecycle REST paths, mounted on the Bento at /api/v1/models.
 
-A model id is the BentoML store tag `name:version` (e.g. `threat_detector:k3x2...`); the ':' may be sent raw
-(RFC 3986 allows it in a path segment) or percent-encoded as %3A. Reads need no token; every write needs a token
+A model id is the original system's integer id (`1`, a stable alias of the tag kept in the lifecycle state) or the
+BentoML store tag `name:version` (e.g. `threat_detector:k3x2...`; the ':' may be sent raw, RFC 3986 allows it in
+a path segment, or percent-encoded as %3A). Reads need no token; every write needs a token
 of scope admin (nids.serving.auth) and is recorded in the lifecycle audit trail under the token's label. The
 routes are sync functions: FastAPI runs them in its threadpool, so store reads and uploads never hold up inference.
 """
@@ -18,7 +19,7 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from nids.core.settings import get_settings
-from nids.models.lifecycle import Lifecycle, ModelEntry, ReplicaStatus, parse_model_type, store_model
+from nids.models.lifecycle import Lifecycle, ModelEntry, ReplicaStatus, parse_model_type
 from nids.models.packages import import_package, write_package
 from nids.models.state import LifecycleEvent
 from nids.serving.auth import AdminCaller
@@ -129,9 +130,9 @@ def delete(
 
 
 @app.get("/{model_id}/export")
-def export(model_id: str) -> FileResponse:
+def export(service: Service, model_id: str) -> FileResponse:
     """The package as `bentoml models export` writes it, signed when NIDS_MODEL_SIGNING_KEY is set."""
-    model = store_model(model_id)
+    model = service.model(model_id)
     key = get_settings().model_signing_key
     directory = tempfile.mkdtemp(prefix="nids-export-")
     path = Path(directory) / f"{model.tag.name}-{model.tag.version}.bentomodel"
