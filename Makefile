@@ -24,7 +24,7 @@ train-if-empty: $(STAMP)
 
 # loopback by default: HOST=0.0.0.0 make serve to listen on every interface
 serve: train-if-empty
-	$(BIN)/bentoml serve nids.serving.service:NIDSService --host $${HOST:-127.0.0.1} --port $${PORT:-3000}
+	$(BIN)/bentoml serve service:NIDSService --host $${HOST:-127.0.0.1} --port $${PORT:-3000}
 
 stream: train-if-empty  # the Kafka stream worker (docs/stream.md): NIDS_KAFKA_BOOTSTRAP_SERVERS=host:9092 make stream
 	$(BIN)/python -m nids.stream

@@ -1,6 +1,6 @@
 """Served benchmark: `python -m benchmarks.served [--url URL --server-pid PID] [--quick]`.
 
-Against one `bentoml serve nids.serving.service:NIDSService` process (started here unless --url is given), in one run:
+Against one `bentoml serve service:NIDSService` process (started here unless --url is given), in one run:
 1. the issue's steady target: `detect_threat` and `classify_attack` at 200 req/s;
 2. step ramps (single-flow requests) on the no-model `ping` API - the serving ceiling of this machine with
    the load generator on it - then on `detect_threat`, `classify_attack` and `analyze`: the highest rate whose

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     options = LoadOptions(scenario=args.scenario, shape="steady", rate=args.rate, run_time=args.minutes * 60)
     samples: list[tuple[float, int]] = []
     try:
-        with target(args.url, args.server_pid, "nids.serving.service:NIDSService", directory / "server.log") as (
+        with target(args.url, args.server_pid, "service:NIDSService", directory / "server.log") as (
             url,
             pid,
             where,

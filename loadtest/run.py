@@ -1,6 +1,6 @@
 """Run one load-test scenario end to end: `python -m loadtest.run SCENARIO [--shape steady|ramp|spike|closed]`.
 
-Starts the service (`bentoml serve nids.serving.service:NIDSService` on a free 127.0.0.1 port, waits for /readyz) unless
+Starts the service (`bentoml serve service:NIDSService` on a free 127.0.0.1 port, waits for /readyz) unless
 --url names a running one, runs Locust headless for a bounded time (one process, FastHttpUser), samples the CPU
 of the server's process tree and of Locust, and writes into loadtest/results/<time>-<scenario>-<shape>/:
 Locust's CSV and HTML reports, every request (requests.csv), the phases, summary.md and summary.json.
@@ -39,7 +39,7 @@ from loadtest.summary import PHASE_LOG, REQUEST_LOG, Verdict, summarise
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "loadtest" / "results"
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-DEFAULT_SERVICE = "nids.serving.service:NIDSService"
+DEFAULT_SERVICE = "service:NIDSService"
 READY_TIMEOUT_S = 180.0
 SAMPLE_EVERY_S = 0.5
 

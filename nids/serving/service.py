@@ -1,4 +1,4 @@
-"""nids-bento: the BentoML service (`bentoml serve nids.serving.service:NIDSService`).
+"""nids-bento: the BentoML service (`bentoml serve service:NIDSService`: the top-level service.py names it).
 
 Thin: each API is one typed method over nids.core.pipeline; errors are mapped to HTTP in nids.serving.errors,
 readiness and body limits in nids.serving.middleware. Flows are validated per request, before adaptive batching

@@ -1,4 +1,4 @@
-"""A real `bentoml serve nids.serving.service:NIDSService` subprocess on an ephemeral 127.0.0.1 port.
+"""A real `bentoml serve service:NIDSService` subprocess on an ephemeral 127.0.0.1 port.
 
 Each test module starts at most one server (module-scoped fixtures) and the teardown stops its whole
 process group; the suite runs on 2 cores.
@@ -75,7 +75,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
         }
         with log.open("wb") as sink:
             process = subprocess.Popen(
-                [str(BENTOML), "serve", "nids.serving.service:NIDSService", "--host", "127.0.0.1", "--port", str(port)],
+                [str(BENTOML), "serve", "service:NIDSService", "--host", "127.0.0.1", "--port", str(port)],
                 cwd=REPO,
                 env=environment,
                 stdout=sink,

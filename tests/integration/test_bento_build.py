@@ -42,9 +42,15 @@ def bento(model_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bento_holds_the_service_package_policy_and_models(bento: Path, model_store: Any) -> None:
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert manifest["service"] == "nids.serving.service:NIDSService"
+    assert manifest["service"] == "service:NIDSService"  # the top-level service.py, BentoML's convention
     assert {model["tag"] for model in manifest["models"]} == {model_store.threat_tag, model_store.attack_tag}
-    for path in ("nids/serving/service.py", "nids/core/pipeline.py", "nids/healing/engine.py", "config/healing.yaml"):
+    for path in (
+        "service.py",
+        "nids/serving/service.py",
+        "nids/core/pipeline.py",
+        "nids/healing/engine.py",
+        "config/healing.yaml",
+    ):
         assert (bento / "src" / path).is_file(), path
     for absent in ("tests", "training", "benchmarks", "loadtest", "data"):  # the Bento serves; it does not train
         assert not (bento / "src" / absent).exists(), absent
