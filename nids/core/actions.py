@@ -36,6 +36,28 @@ class ActionStatus(StrEnum):
     EXPIRED = "expired"
 
 
+# The status vocabulary of the original system's clients (its documents show "logged": recorded, nothing run);
+# answers in the original's shape carry it as `status`, this project's finer ActionStatus as `execution_status`.
+ORIGINAL_STATUS: dict[str, str] = {
+    ActionStatus.DRY_RUN: "logged",
+    ActionStatus.RATE_LIMITED: "logged",
+    ActionStatus.SUPPRESSED: "logged",
+    ActionStatus.QUEUED: "pending",
+    ActionStatus.RUNNING: "pending",
+    ActionStatus.EXECUTED: "executed",
+    ActionStatus.EXTENDED: "executed",
+    ActionStatus.REVERTED: "executed",
+    ActionStatus.EXPIRED: "executed",
+    ActionStatus.FAILED: "failed",
+    ActionStatus.REVERT_FAILED: "failed",
+}
+
+
+def original_status(status: str | None) -> str:
+    """The original system's status word for one of ours ("logged" when unknown: recorded, nothing claimed)."""
+    return ORIGINAL_STATUS.get(str(status), "logged")
+
+
 def attack_class(value: object) -> str:
     """Class name of an attack given by name (any dash variant) or by its code (index in ATTACK_CLASSES)."""
     if isinstance(value, bool) or not isinstance(value, str | int):

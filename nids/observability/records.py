@@ -47,9 +47,11 @@ COLUMNS: tuple[str, ...] = (
     "action_type",
     "action_status",
     "action_description",
+    "action_params",
     "threat_model_version",
     "attack_model_version",
     "features",
+    "attack_probability",
 )
 
 
@@ -134,6 +136,8 @@ class PredictionBatch:
                     "action_type": action.action_type if action else None,
                     "action_status": str(action.status) if action else None,
                     "action_description": action.action_description if action else None,
+                    "action_params": orjson.dumps(action.action_params).decode() if action else None,
+                    "attack_probability": threat.attack_probability if threat else None,
                     "features": orjson.dumps({name: flow[name] for name in names}).decode(),
                 }
             )
@@ -157,6 +161,7 @@ class PredictionBatch:
             columns["is_attack"] = self.threats.is_attack.astype(int).tolist()
             columns["threat_score"] = self.threats.scores.tolist()
             columns["threshold"] = [self.threats.threshold] * n
+            columns["attack_probability"] = self.threats.probability.tolist()
         elif isinstance(self.attacks, AttackScores):
             names = [self.attacks.class_names[code] for code in self.attacks.codes.tolist()]
             columns["is_attack"] = [int(name != BENIGN) for name in names]

@@ -16,9 +16,15 @@ MAX_PAGE = 1_000
 
 class LoggedThreat(BaseModel):
     is_attack: bool
-    prediction_score: float | None = Field(description="P(attack); null for classify_attack-only predictions")
-    threshold: float | None
+    prediction_score: float | None = Field(
+        description="the threat score on the original's scale (>= 0.5 exactly when is_attack); null for "
+        "classify_attack-only predictions"
+    )
+    threshold: float | None = Field(description="0.5 (null for classify_attack-only predictions)")
     model_version: str | None
+    attack_probability: float | None = Field(
+        None, description="the model's own probability of attack (null for rows logged before it was recorded)"
+    )
 
 
 class LoggedAttack(BaseModel):
@@ -32,6 +38,9 @@ class LoggedAction(BaseModel):
     action_type: str
     status: str | None
     action_description: str | None
+    action_params: dict[str, Any] = Field(
+        default_factory=dict, description="what the action acts on, e.g. {'service': 'nginx'} ({} if logged before)"
+    )
 
 
 class LoggedPrediction(BaseModel):

@@ -27,9 +27,10 @@ from nids.observability.schemas import (
     TimeWindow,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECENT = 100
 DELETE_CHUNK = 10_000
+RETURNING_CHUNK = 200  # rows per INSERT ... RETURNING: 200 x 35 parameters stay under SQLite's 32,766
 _SELECTED = ("id", *COLUMNS)
 
 
@@ -52,22 +53,32 @@ def _migrations(predictions: str, dialect: str) -> dict[int, list[str]]:
         "src_port": "INTEGER",
         "threat_score": real,
         "threshold": real,
+        "attack_probability": real,
         "attack_confidence": real,
         "features": f"{text} NOT NULL",
     }
-    columns = ", ".join(f"{column} {kind}" for column, kind in types.items())
+    added = ("action_params", "attack_probability")  # by version 2
+    first = [column for column in COLUMNS if column not in added]
+    columns = ", ".join(f"{column} {types[column]}" for column in first)
     return {
         1: [
             f"CREATE TABLE IF NOT EXISTS {predictions} (id {identity}, {columns})",
             f"CREATE INDEX IF NOT EXISTS {predictions}_created ON {predictions} (created_at)",
             f"CREATE INDEX IF NOT EXISTS {predictions}_kind ON {predictions} (kind, id)",
             f"CREATE INDEX IF NOT EXISTS {predictions}_src ON {predictions} (src_ip, id)",
-        ]
+        ],
+        # the original system's action_params of each self-healing action (JSON); the model's own probability
+        2: [f"ALTER TABLE {predictions} ADD COLUMN {column} {types[column]}" for column in added],
     }
 
 
 def _epoch(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
+
+
+def logged_prediction(prediction_id: int, row: Sequence[Any]) -> LoggedPrediction:
+    """A row of values in COLUMNS order, written under `prediction_id`, as the list API shows it."""
+    return _entry((prediction_id, *row), True)
 
 
 def _entry(row: Sequence[Any], with_features: bool) -> LoggedPrediction:
@@ -87,6 +98,7 @@ def _entry(row: Sequence[Any], with_features: bool) -> LoggedPrediction:
             is_attack=bool(v["is_attack"]),
             prediction_score=v["threat_score"],
             threshold=v["threshold"],
+            attack_probability=v["attack_probability"],
             # the verdict of a 42-feature flow comes from the classifier
             model_version=v["threat_model_version"] if v["kind"] == "threat" else v["attack_model_version"],
         ),
@@ -104,6 +116,7 @@ def _entry(row: Sequence[Any], with_features: bool) -> LoggedPrediction:
             action_type=v["action_type"],
             status=v["action_status"],
             action_description=v["action_description"],
+            action_params=json.loads(v["action_params"]) if v["action_params"] else {},
         ),
         features=json.loads(v["features"]) if with_features else None,
     )
@@ -148,7 +161,12 @@ class PredictionStore:
                     f"INSERT INTO {self.schema} (version) VALUES (:version) ON CONFLICT (version) DO NOTHING",
                     {"version": version},
                 )
-                self.db.execute([*self._locked(), *((sql, {}) for sql in statements), record])
+                try:
+                    self.db.execute([*self._locked(), *((sql, {}) for sql in statements), record])
+                except self.db.driver_error:
+                    # SQLite has no ADD COLUMN IF NOT EXISTS: a process starting at the same time may have run it
+                    if self.schema_version() < version:
+                        raise
         return self.schema_version()
 
     # --- writes ------------------------------------------------------------------------------------------
@@ -158,6 +176,19 @@ class PredictionStore:
             values = ", ".join(":" + column for column in COLUMNS)
             sql = f"INSERT INTO {self.predictions} ({', '.join(COLUMNS)}) VALUES ({values})"
             self.db.execute_many(self._locked(), sql, rows)
+
+    def insert_returning(self, rows: Sequence[Sequence[Any]]) -> list[int]:
+        """`insert`, answering the ids given, in the order of `rows` (the CSV API returns them to its caller)."""
+        ids: list[int] = []
+        names = ", ".join(COLUMNS)
+        for start in range(0, len(rows), RETURNING_CHUNK):
+            chunk = rows[start : start + RETURNING_CHUNK]
+            params = {f"{c}_{i}": value for i, row in enumerate(chunk) for c, value in zip(COLUMNS, row, strict=True)}
+            values = ", ".join("(" + ", ".join(f":{column}_{i}" for column in COLUMNS) + ")" for i in range(len(chunk)))
+            sql = f"INSERT INTO {self.predictions} ({names}) VALUES {values} RETURNING id"
+            # ids grow in the order of the values; RETURNING itself promises no order
+            ids += sorted(int(row[0]) for row in self._run([*self._locked(), (sql, params)]))
+        return ids
 
     def enforce_retention(self, max_rows: int, oldest: float) -> int:
         """Delete rows past the newest `max_rows` and rows created before `oldest` (chunks on indexes); rows deleted."""
@@ -241,6 +272,11 @@ class PredictionStore:
             since=datetime.fromtimestamp(params["since"], UTC) if "since" in params else None,
             until=window.until,
         )
+
+    def get(self, prediction_id: int) -> LoggedPrediction | None:
+        """One logged prediction with its features (GET /api/v1/predictions/{id})."""
+        rows = self._select(["id = :id"], {"id": prediction_id}, 1)
+        return _entry(rows[0], True) if rows else None
 
     def last_id(self) -> int:
         return int(self._run([(f"SELECT COALESCE(MAX(id), 0) FROM {self.predictions}", {})])[0][0])

@@ -17,12 +17,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nids.core.actions import original_status
+from nids.core.features import ATTACK_CLASSES
 from nids.observability.records import Source
 from nids.observability.schemas import LoggedPrediction
 from nids.observability.store import PredictionStore
 
 logger = logging.getLogger("nids.observability")
 TAIL_ROWS = 1_000
+ATTACK_CODES: dict[str, int] = {name: code for code, name in enumerate(ATTACK_CLASSES)}
 
 
 class EventFilter(BaseModel):
@@ -39,10 +42,42 @@ class EventFilter(BaseModel):
         return self.source is None or prediction.source == self.source
 
 
+def original_parts(prediction: LoggedPrediction) -> dict[str, Any]:
+    """A logged prediction in the original system's parts: `traffic_data_id` and the threat prediction, attack
+    prediction and self-healing action with every field its documents show (`id`s, `attack_type_encoded`,
+    `action_params`, its `status` words), plus this project's own fields. Every part's `id` is the prediction's id
+    in the log, so each resolves through GET /api/v1/predictions/{id}."""
+    i, threat, attack, action = (
+        prediction.traffic_data_id,
+        prediction.threat_prediction,
+        prediction.attack_prediction,
+        prediction.self_healing_action,
+    )
+    return {
+        "traffic_data_id": i,
+        "threat_prediction": {"id": i, **threat.model_dump(mode="json")},
+        "attack_prediction": None
+        if attack is None
+        else {
+            "id": i,
+            "attack_type_encoded": ATTACK_CODES.get(attack.attack_type_name),
+            **attack.model_dump(mode="json"),
+        },
+        "self_healing_action": None
+        if action is None
+        else {
+            "id": i,
+            **action.model_dump(mode="json", exclude={"status"}),
+            "status": original_status(action.status),
+            "execution_status": action.status,
+        },
+    }
+
+
 def prediction_event(prediction: LoggedPrediction) -> dict[str, Any]:
-    """The original system's `prediction` message."""
+    """The original system's `prediction` message; `data` is the logged prediction as the list API shows it."""
     data = prediction.model_dump(mode="json", exclude={"features"})
-    return {"type": "prediction", "timestamp": data["timestamp"], "data": data}
+    return {"type": "prediction", "timestamp": data["timestamp"], **original_parts(prediction), "data": data}
 
 
 @dataclass(eq=False)  # one per connection, kept in a set by identity

@@ -18,7 +18,7 @@ from nids.core.errors import Unavailable
 from nids.observability.drift import DriftMonitor
 from nids.observability.log import LostReason
 from nids.observability.process import PredictionLogProcess
-from nids.observability.store import PredictionStore
+from nids.observability.store import LogUnavailable, PredictionStore, logged_prediction
 from nids.observability.stream import Hub
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from nids.core.settings import Settings
     from nids.models.registry import ModelRegistry
     from nids.observability.records import PredictionBatch
-    from nids.observability.schemas import DriftReport
+    from nids.observability.schemas import DriftReport, LoggedPrediction
 
 logger = logging.getLogger("nids.observability")
 
@@ -133,6 +133,25 @@ class Observability:
             self.log.record(batch)
         elif self.settings.prediction_log_enabled:
             self.metrics.lost_rows("store_error", len(batch))
+
+    def record_now(self, batch: PredictionBatch) -> list[LoggedPrediction] | None:
+        """Write the batch on the caller's thread and answer its logged predictions (the CSV API returns their ids).
+
+        None when the log is off or cannot be written now: the batch then goes the usual way (queued, or counted
+        as lost), so an answer is never refused for the log's sake.
+        """
+        if self.reader is None:
+            self.record(batch)
+            return None
+        rows = batch.rows()
+        try:
+            ids = self.reader.insert_returning(rows)
+        except LogUnavailable as error:
+            logger.warning("CSV predictions queued for the log instead of written at once: %s", error)
+            self.record(batch)
+            return None
+        self.metrics.written.inc(len(ids))
+        return [logged_prediction(i, row) for i, row in zip(ids, rows, strict=True)]
 
     def require(self, part: Any) -> Any:
         """`part` (the reader store, hub or drift monitor), or 503 naming why observability is off."""

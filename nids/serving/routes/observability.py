@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, WebSocket
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 
-from nids.core.errors import InvalidInput, NIDSError, Unavailable
+from nids.core.errors import InvalidInput, NIDSError, NotFound, Unavailable
 from nids.observability.schemas import DriftReport, LoggedPrediction, PredictionQuery, PredictionStats, TimeWindow
 from nids.observability.stream import EventFilter, Subscriber
 from nids.serving.errors import error_response
@@ -81,6 +82,17 @@ def prediction_stats(window: Annotated[TimeWindow, Query()]) -> PredictionStats:
     return observability.require(observability.reader).stats(window, time.time())
 
 
+@api.get("/predictions/{prediction_id}")
+def get_prediction(prediction_id: Annotated[int, PathParam(ge=1)]) -> LoggedPrediction:
+    """One logged prediction with its features: the id of any part of an original-shape answer (traffic_data,
+    threat_prediction, attack_prediction, self_healing_action) or a live event's traffic_data_id."""
+    observability = _observability()
+    prediction = observability.require(observability.reader).get(prediction_id)
+    if prediction is None:
+        raise NotFound(f"no prediction with id {prediction_id} in the log (never made, or past its retention)")
+    return prediction
+
+
 @api.get("/drift")
 def drift_report() -> DriftReport:
     """PSI per feature of each model's recent traffic against its training data (refreshed every
@@ -127,7 +139,7 @@ async def realtime_stream(websocket: WebSocket) -> None:
             {
                 "type": "connection",
                 "status": "connected",
-                "message": "Connected to the NIDS real-time prediction stream",
+                "message": "Connected to real-time threat detection stream",  # the original words
                 "filters": event_filter.model_dump(),
                 "timestamp": _now(),
             }
