@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import websocket
 from nids.core.features import ATTACK_CLASSES
 from training.data import CIC_ORIGINAL, NSL_KDD_TEST
 
-from .conftest import REPO, Server, copy_store
+from .conftest import REPO, Server, copy_store, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -91,15 +90,6 @@ def curl(server: Server, line: str, *, token: bool = False, cwd: Path | None = N
 
 def post(http: httpx.Client, path: str, body: Any) -> httpx.Response:
     return http.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
-
-
-def wait_for(check: Callable[[], Any], seconds: float = 20.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"not true within {seconds} s")
 
 
 # --- flows: the Kafka/REST messages and the validation rules ----------------------------------------------------
@@ -209,7 +199,7 @@ def test_the_original_realtime_messages(server: Server, http: httpx.Client) -> N
                 seen["ours"] = event
             return "ours" in seen and "ping" in seen
 
-        wait_for(both)
+        wait_for(both, 20)
     finally:
         client.close()
     assert missing_fields(seen["ping"], example("ws_ping")) == []

@@ -22,7 +22,7 @@ import websocket
 from nids.core.features import THREAT_FEATURES
 from training.data import NSL_KDD_TEST, NSL_KDD_TRAIN
 
-from .conftest import Server
+from .conftest import Server, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -63,15 +63,6 @@ def post_fresh(http: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Res
     """On a new connection: successive requests reach both workers (each accepts connections on its own)."""
     url = f"{http.base_url}".rstrip("/") + path
     return httpx.post(url, content=json.dumps(body), headers={"content-type": "application/json"}, timeout=30)
-
-
-def wait_for(check: Callable[[], Any], seconds: float = 10.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"not true within {seconds} s")
 
 
 def kdd_rows(path: Path, labels: Callable[[pd.Series], pd.Series], n: int, skip: int = 0) -> list[dict[str, Any]]:
