@@ -8,6 +8,7 @@ serialises its callers with a lock: one connection, several threads.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 import threading
@@ -21,6 +22,7 @@ from pydantic import AnyUrl, TypeAdapter
 
 from nids.core.settings import DatabaseUrl, sqlite_path
 
+logger = logging.getLogger("nids.database")
 Statement = tuple[str, Mapping[str, Any]]
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 Dialect = Literal["sqlite", "postgresql"]
@@ -31,6 +33,15 @@ def check_prefix(table_prefix: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table_prefix):
         raise ValueError(f"table prefix {table_prefix!r} must be letters, digits and underscores")
     return table_prefix
+
+
+def unavailable_reason(what: str, error: Exception) -> str:
+    """What a caller may read of a driver's failure: a cause it can act on. The driver's own text (which can name
+    hosts, users, tables or statements) goes to the server's log, at WARNING."""
+    logger.warning("%s: %s: %s", what, type(error).__name__, error)
+    if "locked" in str(error).lower() or type(error).__name__ == "LockNotAvailable":
+        return f"{what}: its database is locked by another writer; try again shortly"
+    return f"{what}: its database cannot be reached or refused the statement; the server's log names the cause"
 
 
 class Database(ABC):

@@ -66,3 +66,9 @@ class Unavailable(NIDSError):
 
 class ModelsUnavailable(Unavailable):
     """No verified models are active; the message says why."""
+
+
+class TooManyRequests(NIDSError):
+    """A caller's budget is used up (e.g. events per minute of a caller not authorised to enforce)."""
+
+    status_code = HTTPStatus.TOO_MANY_REQUESTS

@@ -111,13 +111,23 @@ class Settings(BaseSettings):
     model_max_package_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="model packages above this (compressed or unpacked) are refused with 413"
     )
+    model_max_exports_per_minute: int = Field(
+        6, gt=0, description="exports per minute and worker (each compresses a whole model); past it 429"
+    )
 
     # --- access control (docs/api.md, "Access control") -----------------------------------------------
     admin_token: SecretStr | None = Field(None, description="bearer token of scope admin (label 'admin')")
     sensor_token: SecretStr | None = Field(None, description="bearer token of scope sensor (label 'sensor')")
+    viewer_token: SecretStr | None = Field(None, description="bearer token of scope viewer (label 'viewer'): reads")
     tokens_file: Path | None = Field(
-        None, description="YAML list of {label, scope: admin|sensor, sha256} for more tokens, hashed at rest"
+        None, description="YAML list of {label, scope: admin|sensor|viewer, sha256} for more tokens, hashed at rest"
     )
+    auth_mode: Literal["auto", "open", "required"] = Field(
+        "auto",
+        description="open: no token reads as a viewer (loopback development only); required: only public routes "
+        "answer without a token; auto: open when bound to loopback outside a container, else required",
+    )
+    metrics_public: bool = Field(True, description="/metrics answers without a token (false: viewer scope)")
 
     # --- observability: prediction log, live stream, drift (docs/observability.md) ---------------------
     prediction_log_enabled: bool = Field(True, description="record every prediction (statistics, live stream, drift)")
@@ -137,6 +147,11 @@ class Settings(BaseSettings):
     realtime_poll_seconds: float = Field(0.25, gt=0, description="how often /ws/realtime reads new predictions")
     realtime_client_queue: int = Field(1_000, gt=0, description="events held per client; past it events are dropped")
     realtime_send_timeout_seconds: float = Field(10.0, gt=0, description="a client slower than this is cut off")
+    realtime_max_clients: int = Field(100, gt=0, description="/ws/realtime clients per worker; past it refused 503")
+    realtime_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins besides the server's own whose pages may open /ws/realtime (e.g. https://soc.example)",
+    )
     drift_window: int = Field(5_000, gt=0, description="recent predictions per model the drift is computed over")
     drift_min_rows: int = Field(100, gt=0, description="fewer recent rows than this: drift is not judged")
     drift_watch_psi: float = Field(0.1, gt=0, description="PSI from which a feature's status is 'watch'")

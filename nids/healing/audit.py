@@ -16,7 +16,14 @@ from typing import Any
 
 from pydantic import AnyUrl
 
-from nids.core.database import Database, PostgresDatabase, SqliteDatabase, Statement, open_database
+from nids.core.database import (
+    Database,
+    PostgresDatabase,
+    SqliteDatabase,
+    Statement,
+    open_database,
+    unavailable_reason,
+)
 from nids.core.errors import Unavailable
 from nids.healing.schemas import ActionQuery, ActionRecord
 
@@ -76,7 +83,7 @@ class AuditStore:
         except self.db.unique_violation:
             raise
         except self.db.driver_error as error:
-            raise AuditUnavailable(f"audit log unavailable: {type(error).__name__}: {error}") from error
+            raise AuditUnavailable(unavailable_reason("audit log unavailable", error)) from error
 
     def create_schema(self) -> None:
         types = {column: "DOUBLE PRECISION" if column in _REAL_COLUMNS else "TEXT" for column in COLUMNS}

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import AnyUrl, BaseModel, Field
 
-from nids.core.database import Database, Statement, open_database
+from nids.core.database import Database, Statement, open_database, unavailable_reason
 from nids.core.errors import Unavailable
 
 HISTORY_LIMIT = 50
@@ -111,7 +111,7 @@ class LifecycleStore:
         try:
             return self.db.execute(statements)
         except self.db.driver_error as error:
-            raise StateUnavailable(f"model lifecycle state unavailable: {type(error).__name__}: {error}") from error
+            raise StateUnavailable(unavailable_reason("model lifecycle state unavailable", error)) from error
 
     def close(self) -> None:
         self.db.close()

@@ -10,6 +10,9 @@ socket pair; the child runs the ordinary `PredictionLog` (queue, batches, retent
 its bounded queue drops whole batches, counted in the worker's metrics through `on_lost` as before: inference
 first, and nothing dropped silently.
 
+The child's configuration, the database URL among it (it may carry a password), goes over the socket as the first
+message, never on the command line (`ps` shows every process's arguments to every user of the host).
+
 The child exits when the worker closes the log (after writing what it holds) or when the worker is gone (end of
 the socket). If the child dies, what the worker then records is counted as `store_error` and logged.
 """
@@ -61,12 +64,13 @@ class PredictionLogProcess:
         config = {"url": url, "table_prefix": table_prefix, "priority": priority, "queue_rows": queue_rows, **options}
         path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "nids.observability.process", str(theirs.fileno()), json.dumps(config)],
+            [sys.executable, "-m", "nids.observability.process", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             env={**os.environ, "PYTHONPATH": path},  # wherever the worker runs from, the child imports this package
         )
         theirs.close()
         self._conn = Connection(ours.detach())
+        self._conn.send_bytes(json.dumps(config).encode())  # the first message: never in argv (the URL's password)
         self._queue = BatchQueue(queue_rows)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -152,8 +156,10 @@ def lower_priority(priority: LogPriority) -> None:
             os.nice(19)
 
 
-def _serve(conn: Connection, config: dict[str, Any]) -> None:
-    """The child: batches from the worker into an ordinary PredictionLog, counts back to it."""
+def _serve(conn: Connection) -> None:
+    """The child: its configuration (the first message), then batches from the worker into an ordinary
+    PredictionLog, counts back to it."""
+    config: dict[str, Any] = json.loads(conn.recv_bytes())
     lower_priority(config.pop("priority"))
     reply_lock = threading.Lock()
 
@@ -182,10 +188,9 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="the prediction log's writer process (started by the service)")
     parser.add_argument("fd", type=int)
-    parser.add_argument("config")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] [prediction-log] %(message)s")
-    _serve(Connection(args.fd), json.loads(args.config))
+    _serve(Connection(args.fd))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from nids.core.database import Database, Statement, check_prefix
+from nids.core.database import Database, Statement, check_prefix, unavailable_reason
 from nids.core.errors import Unavailable
 from nids.observability.records import COLUMNS
 from nids.observability.schemas import (
@@ -142,7 +142,7 @@ class PredictionStore:
         try:
             return self.db.execute(statements)
         except self.db.driver_error as error:
-            raise LogUnavailable(f"prediction log unavailable: {type(error).__name__}: {error}") from error
+            raise LogUnavailable(unavailable_reason("prediction log unavailable", error)) from error
 
     # --- schema ------------------------------------------------------------------------------------------
     def schema_version(self) -> int:

@@ -1,52 +1,76 @@
-"""Access control: bearer tokens with scopes, for the lifecycle routes and the BentoML APIs alike.
+"""Access control: one table, route -> scope, enforced before any request body is read; deny by default.
 
-Tokens come from settings: NIDS_ADMIN_TOKEN (label `admin`, scope admin), NIDS_SENSOR_TOKEN (label `sensor`,
-scope sensor) and NIDS_TOKENS_FILE, a YAML list of `{label, scope, sha256}` (the token's sha256, never the token:
+Scopes, each including the ones before it: `public` < `viewer` < `sensor` < `admin`.
+
+- `public`: /livez, /readyz, /healthz, the dashboard page and the API docs (no data); /metrics unless
+  NIDS_METRICS_PUBLIC=false (then viewer).
+- `viewer`: every read (statistics, predictions, drift, the live stream, the audit logs, the model list and
+  profile) and the scoring APIs that enforce nothing (detect_threat, classify_attack, model_info, ping).
+- `sensor`: the calls whose events may be enforced (self_heal, analyze, analyze_csv, POST /api/v1/upload/csv).
+  A viewer is answered too, but nothing it decides is enforced (dry-run, "caller not authorised to enforce"),
+  and its events count against a budget of their own (nids.healing.budget), never the sensors' rate limits.
+- `admin`: lifecycle writes, export, healing_revert and the stop switch.
+
+nids.serving.middleware.AccessGuard applies the table to every request. A route missing from ROUTES is
+refused (404, or 405 naming the methods the path has), whatever the app behind would do: a new API is unreachable
+until it is given a scope (tests/integration/test_access.py walks every route of the live app against this
+table).
+
+Auth modes (NIDS_AUTH_MODE): `open` (a caller without a token counts as a viewer: local development) or
+`required` (without a token only `public` routes answer). `auto`, the default, is `open` only when the server is
+bound to a loopback address outside a container, else `required`; a bind address that cannot be read counts as
+non-loopback. `open` on a non-loopback address refuses to start. The mode is logged at startup.
+
+Tokens come from settings: NIDS_ADMIN_TOKEN, NIDS_SENSOR_TOKEN, NIDS_VIEWER_TOKEN (labels `admin`, `sensor`,
+`viewer`) and NIDS_TOKENS_FILE, a YAML list of `{label, scope, sha256}` (the token's sha256, never the token:
 `python -m nids.serving.auth` prints it). Only sha256 digests are kept in memory; a presented token is hashed and
-compared with every known digest in constant time (hmac.compare_digest); no token is ever logged.
-
-- `admin`: every lifecycle write, healing_revert and healing_enforcement. No token: 401; a wrong or
-  insufficient one: 403; no admin token configured: 403 saying how to configure one.
-- `sensor` (admin includes it): callers whose events may trigger enforced actions (self_heal, analyze,
-  analyze_csv, POST /api/v1/upload/csv). Without a token the call is answered but nothing it decides is
-  enforced (dry-run, reason "caller not authorised to enforce"); a wrong token is 403.
-
-FastAPI routes use the typed dependencies `AdminCaller` and `SensorCaller`; the BentoML APIs are guarded by the
-`AccessGuard` ASGI middleware, which leaves the caller in `request.state.caller` (`caller_of(ctx)`).
+compared with every known digest in constant time (hmac.compare_digest); no token is ever logged. Refusals:
+no token 401, a wrong token or a scope too low 403, no token of the scope configured 403 saying how; each is
+counted (`nids_auth_refusals_total`) and logged at INFO without the token.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import logging
+import os
+import re
+import socket
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bentoml
 import yaml
 from fastapi import Depends, Header
 
-from nids.core.errors import NIDSError
+from nids.core.errors import NIDSError, NotFound
 from nids.core.settings import Settings, get_settings
-from nids.serving.asgi import ASGIApp, Receive, Scope, Send
-from nids.serving.errors import error_response
+from nids.serving.bentoml_fixes import PATCHED_VERSION
 
-# the BentoML APIs that need a scope (the mounted FastAPI routes declare theirs as dependencies)
-ADMIN_PATHS = frozenset({"/healing_revert", "/healing_enforcement"})
-SENSOR_PATHS = frozenset({"/self_heal", "/analyze", "/analyze_csv"})
-TOKEN_HOWTO = {
-    "admin": "set NIDS_ADMIN_TOKEN (e.g. `openssl rand -hex 32`) or add a token of scope admin to NIDS_TOKENS_FILE",
-    "sensor": "set NIDS_SENSOR_TOKEN or add a token of scope sensor to NIDS_TOKENS_FILE",
-}
+logger = logging.getLogger("nids.auth")
+AuthMode = Literal["open", "required"]
+ANONYMOUS = "anonymous"  # the label of a caller without a token in open mode
 
 
 class Role(StrEnum):
-    ADMIN = "admin"
+    PUBLIC = "public"
+    VIEWER = "viewer"
     SENSOR = "sensor"
+    ADMIN = "admin"
+
+
+RANK = {Role.PUBLIC: 0, Role.VIEWER: 1, Role.SENSOR: 2, Role.ADMIN: 3}
+TOKEN_HOWTO = {
+    Role.ADMIN: "set NIDS_ADMIN_TOKEN (e.g. `openssl rand -hex 32`) or add a token of scope admin to NIDS_TOKENS_FILE",
+    Role.SENSOR: "set NIDS_SENSOR_TOKEN or add a token of scope sensor to NIDS_TOKENS_FILE",
+    Role.VIEWER: "set NIDS_VIEWER_TOKEN or add a token of scope viewer to NIDS_TOKENS_FILE",
+}
 
 
 class Unauthenticated(NIDSError):
@@ -57,17 +81,144 @@ class Forbidden(NIDSError):
     status_code = HTTPStatus.FORBIDDEN
 
 
+class MethodNotAllowed(NIDSError):
+    status_code = HTTPStatus.METHOD_NOT_ALLOWED
+
+
 @dataclass(frozen=True)
 class Caller:
-    """Who a valid token belongs to: its label (recorded in the audit trail) and its scope."""
+    """Who sent a request: the label of its token (recorded in the audit trail) and the token's scope."""
 
     label: str
     scope: Role
 
     def can(self, scope: Role) -> bool:
-        return self.scope == Role.ADMIN or self.scope == scope
+        return RANK[self.scope] >= RANK[scope]
+
+    @property
+    def enforces(self) -> bool:
+        """Whether what this caller's events decide may be enforced (sensor scope or above)."""
+        return self.can(Role.SENSOR)
 
 
+# --- the table -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Access:
+    """What a route needs: `scope`; `answered_from`: the lowest scope answered at all (dry-run below `scope`)."""
+
+    scope: Role
+    answered_from: Role | None = None
+
+    @property
+    def minimum(self) -> Role:
+        return self.answered_from or self.scope
+
+
+PUBLIC, VIEWER, ADMIN = Access(Role.PUBLIC), Access(Role.VIEWER), Access(Role.ADMIN)
+ENFORCING = Access(Role.SENSOR, answered_from=Role.VIEWER)
+WEBSOCKET = "WEBSOCKET"  # the "method" of a WebSocket route
+MODELS = "/api/v1/models"
+# (method, path template): `{name}` is one path segment, `{name:path}` the rest of the path. HEAD counts as GET.
+ROUTES: dict[tuple[str, str], Access] = {
+    # BentoML's own routes
+    ("GET", "/livez"): PUBLIC,
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,  # viewer when NIDS_METRICS_PUBLIC=false
+    ("GET", "/"): PUBLIC,  # the API docs page, the OpenAPI spec and its assets: no data
+    ("GET", "/docs.json"): PUBLIC,
+    ("GET", "/schema.json"): PUBLIC,
+    ("GET", "/static_content/{file:path}"): PUBLIC,
+    ("GET", "/api/v1/upload/openapi.json"): PUBLIC,
+    ("GET", MODELS + "/openapi.json"): PUBLIC,
+    # the BentoML APIs (nids.serving.service)
+    ("POST", "/detect_threat"): VIEWER,
+    ("POST", "/classify_attack"): VIEWER,
+    ("POST", "/model_info"): VIEWER,
+    ("POST", "/ping"): VIEWER,
+    ("POST", "/healing_actions"): VIEWER,
+    ("POST", "/healing_action"): VIEWER,
+    ("POST", "/self_heal"): ENFORCING,
+    ("POST", "/analyze"): ENFORCING,
+    ("POST", "/analyze_csv"): ENFORCING,
+    ("POST", "/healing_revert"): ADMIN,
+    ("POST", "/healing_enforcement"): ADMIN,
+    # observability (nids.serving.routes.observability)
+    ("GET", "/dashboard"): PUBLIC,  # the page only: its data comes from the viewer routes below
+    ("GET", "/api/v1/predictions"): VIEWER,
+    ("GET", "/api/v1/predictions/stats"): VIEWER,
+    ("GET", "/api/v1/drift"): VIEWER,
+    ("GET", "/api/v1/realtime/ticket"): VIEWER,
+    (WEBSOCKET, "/ws/realtime"): VIEWER,
+    # the original CSV API (nids.serving.routes.upload)
+    ("POST", "/api/v1/upload/csv"): ENFORCING,
+    # model lifecycle (nids.serving.routes.models)
+    ("GET", MODELS): VIEWER,
+    ("GET", MODELS + "/stats/storage"): VIEWER,
+    ("GET", MODELS + "/profile/{model_type}"): VIEWER,
+    ("GET", MODELS + "/status/replica"): VIEWER,
+    ("GET", MODELS + "/events/audit"): VIEWER,
+    ("GET", MODELS + "/{model_id}"): VIEWER,
+    ("POST", MODELS + "/upload"): ADMIN,
+    ("POST", MODELS + "/{model_id}/activate"): ADMIN,
+    ("POST", MODELS + "/{model_id}/deactivate"): ADMIN,
+    ("DELETE", MODELS + "/{model_id}"): ADMIN,
+    ("GET", MODELS + "/{model_id}/export"): ADMIN,
+}
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[a-z_]+(?::path)?\})", template)
+    regex = "".join(
+        (".+" if part.endswith(":path}") else "[^/]+") if part.startswith("{") else re.escape(part) for part in parts
+    )
+    return re.compile(regex)
+
+
+class RouteTable:
+    """ROUTES compiled: exact paths by dict lookup, templated ones by pattern (literal segments win)."""
+
+    def __init__(self, routes: dict[tuple[str, str], Access]) -> None:
+        self.exact: dict[str, dict[str, Access]] = {}
+        self.templated: list[tuple[re.Pattern[str], str, Access]] = []
+        for (method, template), access in routes.items():
+            if "{" in template:
+                self.templated.append((_pattern(template), method, access))
+            else:
+                self.exact.setdefault(template, {})[method] = access
+
+    def methods(self, path: str) -> dict[str, Access]:
+        """The methods of a path and what each needs (empty: no such route)."""
+        if path != "/":
+            path = path.rstrip("/")  # FastAPI answers /api/v1/models/ and redirects /api/v1/models to it
+        if path in self.exact:
+            return self.exact[path]
+        found: dict[str, Access] = {}
+        for pattern, method, access in self.templated:
+            if method not in found and pattern.fullmatch(path):
+                found[method] = access
+        return found
+
+    def access(self, method: str, path: str) -> Access:
+        """What `method path` needs; NotFound / MethodNotAllowed when the table has no such route."""
+        methods = self.methods(path)
+        if not methods:
+            raise NotFound(f"no route {path}")
+        access = methods.get("GET" if method == "HEAD" else method)
+        if access is None:
+            allowed = ", ".join(sorted(methods))
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {allowed}")
+        return access
+
+
+def route_table(settings: Settings) -> RouteTable:
+    routes = dict(ROUTES)
+    if not settings.metrics_public:
+        routes[("GET", "/metrics")] = VIEWER
+    return RouteTable(routes)
+
+
+# --- tokens ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TokenDigest:
     label: str
@@ -86,15 +237,20 @@ class TokenBook:
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenBook:
         tokens = []
-        for secret, label in ((settings.admin_token, Role.ADMIN), (settings.sensor_token, Role.SENSOR)):
+        configured = (
+            (settings.admin_token, Role.ADMIN),
+            (settings.sensor_token, Role.SENSOR),
+            (settings.viewer_token, Role.VIEWER),
+        )
+        for secret, role in configured:
             if secret is not None and secret.get_secret_value():
-                tokens.append(TokenDigest(label.value, label, digest(secret.get_secret_value())))
+                tokens.append(TokenDigest(role.value, role, digest(secret.get_secret_value())))
         if settings.tokens_file is not None:
             tokens.extend(read_tokens_file(settings.tokens_file))
         return cls(tokens)
 
     def configured(self, scope: Role) -> bool:
-        return any(token.scope in (scope, Role.ADMIN) for token in self.tokens)
+        return any(RANK[token.scope] >= RANK[scope] for token in self.tokens)
 
     def identify(self, token: str) -> Caller | None:
         """The caller of a presented token (compared with every digest, in constant time), or None."""
@@ -107,7 +263,7 @@ class TokenBook:
 
 
 def read_tokens_file(path: Path) -> list[TokenDigest]:
-    """The tokens file: a YAML list of {label, scope: admin|sensor, sha256: <64 hex digits>}."""
+    """The tokens file: a YAML list of {label, scope: admin|sensor|viewer, sha256: <64 hex digits>}."""
     try:
         entries = yaml.safe_load(path.read_text(encoding="utf-8")) or []
         tokens = [
@@ -116,44 +272,121 @@ def read_tokens_file(path: Path) -> list[TokenDigest]:
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"NIDS_TOKENS_FILE {path}: {type(exc).__name__}: {exc}") from exc
     for token in tokens:
+        if token.scope == Role.PUBLIC:
+            raise ValueError(f"NIDS_TOKENS_FILE {path}: token {token.label!r}: scope must be admin, sensor or viewer")
         if len(token.sha256) != 64 or any(c not in "0123456789abcdef" for c in token.sha256):
             raise ValueError(f"NIDS_TOKENS_FILE {path}: token {token.label!r} needs sha256 as 64 hex digits")
     return tokens
 
 
-_BOOK: list[tuple[Settings, TokenBook]] = []  # the book of the settings object it was read from
+@dataclass(frozen=True, eq=False)  # hashed by identity: one per settings object
+class AccessPolicy:
+    """The process's access control: its tokens, its route table and its mode (with the reason for it)."""
+
+    book: TokenBook
+    table: RouteTable
+    mode: AuthMode
+    why: str
+
+
+_POLICY: list[tuple[Settings, AccessPolicy]] = []  # the policy of the settings object it was read from
+
+
+def access_policy() -> AccessPolicy:
+    """The access policy of the process's settings (read once per settings object, like the settings)."""
+    settings = get_settings()
+    if not _POLICY or _POLICY[0][0] is not settings:
+        mode, why = auth_mode(settings.auth_mode, bound_address(), _containerized())
+        _POLICY[:] = [(settings, AccessPolicy(TokenBook.from_settings(settings), route_table(settings), mode, why))]
+    return _POLICY[0][1]
 
 
 def token_book() -> TokenBook:
-    """The tokens of the process's settings (read once per settings object, like the settings)."""
-    settings = get_settings()
-    if not _BOOK or _BOOK[0][0] is not settings:
-        _BOOK[:] = [(settings, TokenBook.from_settings(settings))]
-    return _BOOK[0][1]
+    return access_policy().book
 
 
+# --- the auth mode -------------------------------------------------------------------------------------------
+def _containerized() -> bool:
+    return os.environ.get("BENTOML_CONTAINERIZED", "").lower() == "true"
+
+
+def bound_address() -> str | None:
+    """The address this `bentoml serve` worker listens on: BentoML 1.4.39 hands its workers the listening socket
+    as `--fd N`. None when it cannot be read (another BentoML version, not a worker): treated as non-loopback."""
+    argv = sys.argv
+    if bentoml.__version__ != PATCHED_VERSION or "--fd" not in argv[:-1]:
+        return None
+    try:
+        listening = socket.socket(fileno=os.dup(int(argv[argv.index("--fd") + 1])))
+    except (OSError, ValueError):
+        return None
+    with listening:
+        try:
+            name = listening.getsockname()
+        except OSError:
+            return None
+    return str(name[0]) if isinstance(name, tuple) else None
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_mode(setting: str, address: str | None, containerized: bool) -> tuple[AuthMode, str]:
+    """The mode and why; ValueError for `open` anywhere but a loopback address outside a container."""
+    where = "an unknown address" if address is None else address
+    local = _loopback(address) and not containerized
+    if setting == "open" and not local:
+        raise ValueError(
+            f"NIDS_AUTH_MODE=open is for loopback development only; this server is bound to {where}"
+            + (" in a container" if containerized else "")
+            + ": unset NIDS_AUTH_MODE (required) and give callers tokens"
+        )
+    if setting in ("open", "required"):
+        return setting, "NIDS_AUTH_MODE"  # type: ignore[return-value]
+    if containerized:
+        return "required", "in a container"
+    if local:
+        return "open", f"bound to loopback {where}"
+    return "required", f"bound to {where}"
+
+
+# --- checking a caller -----------------------------------------------------------------------------------------
 def bearer(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header (None without one); 401 for another scheme."""
+    """The token of an `Authorization: Bearer <token>` header; None without one, or for `Bearer` and nothing (what
+    `-H "authorization: Bearer $UNSET_VARIABLE"` sends: a caller without a token); 401 for another scheme."""
     if authorization is None or not authorization.strip():
         return None
     scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if scheme.lower() != "bearer":
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-    return token.strip()
+    return token.strip() or None
 
 
 def require(book: TokenBook, scope: Role, token: str | None) -> Caller:
     """The caller, if the token has `scope`: 403 with none configured, 401 without a token, 403 for a wrong one."""
     if not book.configured(scope):
-        raise Forbidden(f"this write is refused: no {scope} token is configured; {TOKEN_HOWTO[scope]}")
+        raise Forbidden(f"refused: no {scope} token is configured; {TOKEN_HOWTO[scope]}")
     if token is None:
-        raise Unauthenticated(f"this API needs a token of scope {scope}: send 'Authorization: Bearer <token>'")
+        raise Unauthenticated(f"this route needs a token of scope {scope}: send 'Authorization: Bearer <token>'")
     caller = book.identify(token)
     if caller is None:
         raise Forbidden("the bearer token is not valid")
     if not caller.can(scope):
         raise Forbidden(f"token {caller.label!r} lacks scope {scope}")
     return caller
+
+
+def admit(policy: AccessPolicy, access: Access, token: str | None) -> Caller | None:
+    """The caller of a request to a route needing `access` (None: public route, no token), or the refusal."""
+    if access.minimum == Role.PUBLIC:
+        return None  # a public route answers whatever is sent (a probe's or a scraper's header is not checked)
+    if token is None and policy.mode == "open" and access.minimum == Role.VIEWER:
+        return Caller(ANONYMOUS, Role.VIEWER)  # open mode: no token reads as a viewer, and nothing more
+    return require(policy.book, access.minimum, token)
 
 
 def optional(book: TokenBook, scope: Role, token: str | None) -> Caller | None:
@@ -163,52 +396,23 @@ def optional(book: TokenBook, scope: Role, token: str | None) -> Caller | None:
     return require(book, scope, token)
 
 
-# --- FastAPI dependencies ------------------------------------------------------------------------------------
+# --- FastAPI dependencies (the guard has already admitted the request; these name the caller to the route) ------
 def admin_caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
     return require(token_book(), Role.ADMIN, bearer(authorization))
 
 
 def sensor_caller(authorization: Annotated[str | None, Header()] = None) -> Caller | None:
-    return optional(token_book(), Role.SENSOR, bearer(authorization))
+    """The caller if it may enforce; None (answered as dry-run) without a token or with a viewer's."""
+    caller = optional(token_book(), Role.VIEWER, bearer(authorization))
+    return caller if caller is not None and caller.enforces else None
 
 
 AdminCaller = Annotated[Caller, Depends(admin_caller)]
 SensorCaller = Annotated[Caller | None, Depends(sensor_caller)]
 
 
-# --- the BentoML APIs ------------------------------------------------------------------------------------------
-class AccessGuard:
-    """ASGI middleware: admin scope on ADMIN_PATHS, an optional sensor token on SENSOR_PATHS.
-
-    The caller (None: unauthenticated) is left in the request's state for the API to read with `caller_of`.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or (path not in ADMIN_PATHS and path not in SENSOR_PATHS):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        raw = headers.get(b"authorization")
-        try:
-            token = bearer(raw.decode("latin-1") if raw is not None else None)
-            book = token_book()
-            if path in ADMIN_PATHS:
-                caller: Caller | None = require(book, Role.ADMIN, token)
-            else:
-                caller = optional(book, Role.SENSOR, token)
-        except NIDSError as error:
-            await error_response(error)(scope, receive, send)
-            return
-        scope.setdefault("state", {})["caller"] = caller
-        await self.app(scope, receive, send)
-
-
 def caller_of(ctx: bentoml.Context | None) -> Caller | None:
-    """The caller AccessGuard identified for this request (None: no token, or an in-process call)."""
+    """The caller AccessGuard admitted for this request (None: an in-process call)."""
     if ctx is None:
         return None
     state: dict[str, Any] = ctx.request.scope.get("state", {})

@@ -8,10 +8,10 @@ one worker while the other idled (bentoml/BentoML#5426; half the throughput of a
 `install(workers)` changes how a worker accepts, in the spirit of nginx's `multi_accept off`:
 - a worker accepts one connection per wake-up, never the whole queue;
 - each worker publishes its number of open connections on a small board shared by the workers (a file of
-  int32 slots in the temporary directory, one per `bentoml serve`); a worker that holds more open connections than
-  the least loaded other worker leaves the new connection in the queue for DEFER_SECONDS, for that worker to take,
-  and then accepts it itself if nobody has. A new connection waits at most DEFER_SECONDS; balanced workers never
-  defer.
+  int32 slots in the server's private 0700 directory, nids.serving.rundir, opened without following symlinks);
+  a worker that holds more open connections than the least loaded other worker leaves the new connection in the
+  queue for DEFER_SECONDS, for that worker to take, and then accepts it itself if nobody has. A new connection
+  waits at most DEFER_SECONDS; balanced workers never defer.
 A worker's count is published whenever a connection waits, is accepted and is closed, so a worker whose clients
 just left is seen as free at once. A worker on another event loop (uvloop) keeps the default behaviour (logged).
 """
@@ -19,22 +19,21 @@ just left is seen as free at once. A worker on another event loop (uvloop) keeps
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import mmap
 import os
-import re
-import tempfile
 from asyncio import selector_events
 from pathlib import Path
 from typing import Any
 
 from bentoml._internal.context import server_context
 
+from nids.serving.rundir import open_private, server_dir
+
 logger = logging.getLogger("nids.serving")
 DEFER_SECONDS = 0.02
 SLOTS = 256  # workers per `bentoml serve` the board can hold
-_BOARD_NAME = re.compile(r"nids-workers-(\d+)\.i32")
+BOARD_FILE = "workers.i32"
 _accept = selector_events.BaseSelectorEventLoop._accept_connection
 
 
@@ -45,7 +44,7 @@ class Board:
         if not 0 <= slot < workers <= SLOTS:
             raise ValueError(f"worker slot {slot} of {workers} workers (at most {SLOTS})")
         self.path, self.workers, self.slot = path, workers, slot
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(path, os.O_RDWR | os.O_CREAT)
         try:
             if os.fstat(fd).st_size < 4 * SLOTS:
                 os.ftruncate(fd, 4 * SLOTS)
@@ -68,25 +67,8 @@ class Board:
 
 
 def board_for_server(workers: int, slot: int, directory: Path | None = None) -> Board:
-    """The board of the `bentoml serve` this worker belongs to (its parent process); boards of servers that are
-    gone are removed."""
-    directory = directory or Path(tempfile.gettempdir())
-    for stale in directory.glob("nids-workers-*.i32"):
-        match = _BOARD_NAME.fullmatch(stale.name)
-        if match and not _alive(int(match.group(1))):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-    return Board(directory / f"nids-workers-{os.getppid()}.i32", workers, slot)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """The board of the `bentoml serve` this worker belongs to, in its private directory (nids.serving.rundir)."""
+    return Board((directory or server_dir()) / BOARD_FILE, workers, slot)
 
 
 def _open_connections(server: Any) -> int:

@@ -53,6 +53,9 @@ class ServiceMetrics:
             ["role", "tag"],
             multiprocess_mode="livemax",
         )
+        self.auth_refusals = prom.Counter(
+            "nids_auth_refusals", "Requests refused by access control, by reason (no_token, forbidden)", ["reason"]
+        )
         self.ready = prom.Gauge(
             "nids_models_ready", "1 when verified models are being served, else 0", multiprocess_mode="livemax"
         )

@@ -1,14 +1,31 @@
-"""The service's ASGI middleware: readiness and body limits before BentoML reads a request."""
+"""The service's ASGI middleware: access control, then readiness and body limits, before BentoML reads a request.
+
+- `AccessGuard` (outermost): the route table of nids.serving.auth, the caller's token (or, on /ws/realtime, a
+  ticket of nids.serving.tickets) and the Origin of a WebSocket, before anything reads the body.
+- `RequestGuard`: 503 while no models are served, 413 for bodies over their limit (Content-Length, or counted
+  as a chunked body arrives).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from functools import cache
+from http import HTTPStatus
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from nids.core.errors import RequestTooLarge
-from nids.core.settings import get_settings
+from nids.core.errors import NIDSError, RequestTooLarge
+from nids.core.settings import Settings, get_settings
 from nids.models.registry import ModelRegistry
+from nids.serving import tickets
 from nids.serving.asgi import ASGIApp, Message, Receive, Scope, Send
+from nids.serving.auth import WEBSOCKET, AccessPolicy, Caller, Forbidden, Role, access_policy, admit, bearer
+from nids.serving.errors import error_response
+from nids.serving.rundir import private_dir, server_dir
+
+logger = logging.getLogger("nids.auth")
 
 MODEL_PATHS = frozenset({"/detect_threat", "/classify_attack", "/analyze", "/analyze_csv", "/model_info"})
 CSV_PATH = "/analyze_csv"
@@ -16,6 +33,101 @@ CSV_PATH = "/analyze_csv"
 PACKAGE_UPLOAD_PATH = "/api/v1/models/upload"
 CSV_UPLOAD_PATH = "/api/v1/upload/csv"
 MULTIPART_OVERHEAD = 64 * 1024
+
+
+class AccessGuard:
+    """ASGI middleware, outermost of the service's own: every HTTP request and WebSocket is looked up in the route
+    table and its caller checked before anything reads the body; a route not in the table is refused.
+
+    The caller (None: a public route) is left in the request's state (nids.serving.auth.caller_of).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        method = WEBSOCKET if scope["type"] == "websocket" else scope["method"]
+        path = scope.get("path", "")
+        policy = access_policy()
+        try:
+            access = policy.table.access(method, path)
+            if access.minimum == Role.PUBLIC:
+                caller = None  # a public route answers whatever is sent (a probe's header is not checked)
+            elif method == WEBSOCKET:
+                caller = _websocket_caller(policy, scope)
+            else:
+                caller = admit(policy, access, _presented_token(scope))
+        except NIDSError as error:
+            _count_refusal(error, method, path, scope)
+            await refuse(scope, receive, send, error)
+            return
+        scope.setdefault("state", {})["caller"] = caller
+        await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    raw = dict(scope["headers"]).get(name)
+    return raw.decode("latin-1") if raw is not None else None
+
+
+def _presented_token(scope: Scope) -> str | None:
+    return bearer(_header(scope, b"authorization"))
+
+
+def _websocket_caller(policy: AccessPolicy, scope: Scope) -> Caller | None:
+    """A WebSocket's caller: its Origin must be allowed; then a bearer header, or a single-use ticket."""
+    settings = get_settings()
+    origin = _header(scope, b"origin")
+    if origin is not None and not _origin_allowed(origin, _header(scope, b"host"), settings):
+        raise Forbidden(f"Origin {origin} may not open this stream (allowed: this server and NIDS_REALTIME_ORIGINS)")
+    token = _presented_token(scope)
+    ticket = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("ticket")
+    if token is None and ticket:
+        return tickets.redeem(ticket_key(policy), ticket[0], policy, used_tickets())
+    access = policy.table.access(WEBSOCKET, scope["path"])
+    return admit(policy, access, token)
+
+
+def _origin_allowed(origin: str, host: str | None, settings: Settings) -> bool:
+    """Same origin as the server (the page it serves), or listed in NIDS_REALTIME_ORIGINS."""
+    return origin in settings.realtime_origins or (host is not None and urlsplit(origin).netloc == host)
+
+
+@cache
+def ticket_key(policy: AccessPolicy) -> bytes:
+    """The key of the tickets of this process's access policy (derived from its tokens)."""
+    return tickets.ticket_key(get_settings(), policy)
+
+
+@cache
+def used_tickets() -> Path:
+    """The directory of the used tickets' nonces, shared by the server's workers."""
+    return private_dir(server_dir() / tickets.USED_DIR)
+
+
+def _count_refusal(error: NIDSError, method: str, path: str, scope: Scope) -> None:
+    reason = {HTTPStatus.UNAUTHORIZED: "no_token", HTTPStatus.FORBIDDEN: "forbidden"}.get(error.status_code)
+    if reason is None:  # no such route or method: not an authentication failure
+        return
+    from nids.serving.metrics import service_metrics  # the worker's metrics (created in the service's __init__)
+
+    service_metrics().auth_refusals.labels(reason).inc()
+    client = (scope.get("client") or ("?",))[0]
+    logger.info("access refused: %s %s from %s: %d %s", method, path, client, error.status_code, error.message)
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, error: NIDSError) -> None:
+    """Answer `error` on HTTP, or refuse a WebSocket handshake with the error's status and body (close code 1008
+    where the server lacks the denial-response extension)."""
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008, "reason": error.message[:120]})
+            return
+    await error_response(error)(scope, receive, send)  # starlette sends a WebSocket's as a denial response
 
 
 class RequestGuard:

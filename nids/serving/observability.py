@@ -45,6 +45,12 @@ class ObservabilityMetrics:
         self.dropped = prom.Counter(
             "nids_realtime_events_dropped", "Live events not delivered because a client's queue was full"
         )
+        self.cut_off = prom.Counter(
+            "nids_realtime_clients_cut_off", "/ws/realtime clients disconnected for being too slow"
+        )
+        self.refused = prom.Counter(
+            "nids_realtime_clients_refused", "/ws/realtime connections refused: the worker's client cap was reached"
+        )
         self.psi = prom.Gauge(
             "nids_drift_psi",
             "PSI of recent traffic against training, per feature",
@@ -96,8 +102,11 @@ class Observability:
             # opens and migrates; reads never wait on writes; the writer process checkpoints
             reader = PredictionStore(open_database(url, checkpoints=False), prefix)
         except Exception as error:  # the service still predicts; what it cannot log is counted
-            self.reason = f"the prediction log cannot be opened: {type(error).__name__}: {error}"
-            logger.exception("%s", self.reason)
+            logger.exception("the prediction log cannot be opened: %s: %s", type(error).__name__, error)
+            self.reason = (
+                "the prediction log cannot be opened: check that the database of NIDS_PREDICTION_LOG_URL is up and "
+                "reachable (the server's log names the cause)"
+            )
             return
         # written by a process of its own, at a lower priority than inference (nids.observability.process)
         self.log = PredictionLogProcess(

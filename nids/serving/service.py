@@ -42,9 +42,9 @@ from nids.models.registry import REGISTRY
 from nids.models.state import open_lifecycle_store
 from nids.observability.records import PredictionBatch, Source
 from nids.serving import balance, batching, bentoml_fixes, errors, parsing
-from nids.serving.auth import AccessGuard, Caller, caller_of, token_book
+from nids.serving.auth import Caller, access_policy, caller_of
 from nids.serving.metrics import service_metrics
-from nids.serving.middleware import RequestGuard
+from nids.serving.middleware import AccessGuard, RequestGuard
 from nids.serving.observability import Observability
 from nids.serving.offload import off_inference
 from nids.serving.routes import models as model_routes
@@ -106,7 +106,8 @@ class NIDSService:
         logging.getLogger("nids").setLevel(settings.log_level)  # BentoML leaves other loggers at WARNING
         # several workers: new connections go to the least loaded one (nids.serving.balance), before serving starts
         balance.install(settings.workers)
-        token_book()  # a bad NIDS_TOKENS_FILE stops startup, naming the problem
+        access = access_policy()  # a bad NIDS_TOKENS_FILE, or NIDS_AUTH_MODE=open off loopback, stops startup
+        logger.info("access control: mode %s (%s)", access.mode, access.why)
         self.models = REGISTRY
         self.metrics = service_metrics()
         # model lifecycle: serve the versions recorded as active (shared by workers and replicas), follow switches
@@ -145,8 +146,9 @@ class NIDSService:
         self.observability.close()
 
     def healer(self, caller: Caller | None) -> pipeline.Healer:
-        """The engine's `handle` for this caller: its label authorises enforcement; without a token, nothing is."""
-        return partial(self.healing.handle, caller=caller.label if caller is not None else None)
+        """The engine's `handle` for this caller: a sensor's (or admin's) label authorises enforcement; a viewer's
+        events, or an in-process call's, are answered as dry-run."""
+        return partial(self.healing.handle, caller=caller.label if caller is not None and caller.enforces else None)
 
     def _healer_of(self, ctx: Context | None) -> pipeline.Healer:
         return self.healer(caller_of(ctx))
@@ -249,5 +251,6 @@ def _label(ctx: Context | None) -> str:
     return caller.label if caller is not None else "in-process"
 
 
-NIDSService.add_asgi_middleware(RequestGuard, registry=REGISTRY)
+# the first added is the outermost: the caller is known before the readiness and size checks, and before any body
 NIDSService.add_asgi_middleware(AccessGuard)
+NIDSService.add_asgi_middleware(RequestGuard, registry=REGISTRY)

@@ -414,7 +414,8 @@ def test_upload_verifies_the_signature_and_refuses_unsafe_packages(
 
 
 def test_export_is_a_signed_bentoml_package(http: httpx.Client, versions: Versions, tmp_path: Path) -> None:
-    response = http.get(f"{MODELS}/{versions.threat_new}/export")
+    assert http.get(f"{MODELS}/{versions.threat_new}/export").status_code == 401  # admin only
+    response = http.get(f"{MODELS}/{versions.threat_new}/export", headers=ADMIN)
     assert response.status_code == 200
     path = tmp_path / "export.bentomodel"
     path.write_bytes(response.content)

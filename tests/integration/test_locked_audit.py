@@ -67,7 +67,7 @@ def test_inference_answers_while_self_heal_waits_on_a_locked_audit_database(serv
     assert still_waiting, "self_heal answered while the audit database was still locked"
     response = healed["response"]
     assert response.status_code == 503, response.text
-    assert response.json()["error"].startswith("audit log unavailable: OperationalError: database is locked")
+    assert response.json()["error"].startswith("audit log unavailable: its database is locked by another writer")
     with server.client() as http:  # nothing was recorded (nor reported) for the refused call
         assert http.post("/healing_actions", json={"address": EVENT["src_ip"]}).json() == before
         retried = http.post("/self_heal", json={"events": [EVENT]})

@@ -2,8 +2,11 @@
 
 A model id is the original system's integer id (`1`, a stable alias of the tag kept in the lifecycle state) or the
 BentoML store tag `name:version` (e.g. `threat_detector:k3x2...`; the ':' may be sent raw, RFC 3986 allows it in
-a path segment, or percent-encoded as %3A). Reads need no token; every write needs a token
-of scope admin (nids.serving.auth) and is recorded in the lifecycle audit trail under the token's label. The
+a path segment, or percent-encoded as %3A). Reads need a viewer token (in the `required` auth mode); every write,
+and export (a package signed with the deployment's key), needs a token of scope admin (nids.serving.auth, which
+refuses before the body is read) and is recorded in the lifecycle audit trail under the token's label. Exports
+are bounded: models larger than NIDS_MODEL_MAX_PACKAGE_BYTES are refused (413), and each worker packs one at a
+time, at most NIDS_MODEL_MAX_EXPORTS_PER_MINUTE a minute (429 past either). The
 routes are sync functions: FastAPI runs them in its threadpool, so store reads and uploads never hold up inference.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +22,8 @@ from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
+from nids.core.budget import SlidingWindow
+from nids.core.errors import RequestTooLarge, TooManyRequests
 from nids.core.settings import get_settings
 from nids.models.lifecycle import Lifecycle, ModelEntry, ReplicaStatus, parse_model_type
 from nids.models.packages import import_package, write_package
@@ -129,15 +135,47 @@ def delete(
     return service.delete(model_id, caller.label, delete_file=delete_file)
 
 
+_exporting = threading.Lock()  # one export at a time per worker
+_exports: list[SlidingWindow] = []  # the worker's exports per minute (made on first use, from the settings)
+
+
+def _export_budget(per_minute: int) -> SlidingWindow:
+    if not _exports or _exports[0].limit != per_minute:
+        _exports[:] = [SlidingWindow(per_minute, 60.0)]
+    return _exports[0]
+
+
+def _model_bytes(root: Path) -> int:
+    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file() and not path.is_symlink())
+
+
 @app.get("/{model_id}/export")
-def export(service: Service, model_id: str) -> FileResponse:
-    """The package as `bentoml models export` writes it, signed when NIDS_MODEL_SIGNING_KEY is set."""
+def export(service: Service, caller: AdminCaller, model_id: str) -> FileResponse:
+    """The package as `bentoml models export` writes it, signed when NIDS_MODEL_SIGNING_KEY is set. Admin token."""
     model = service.model(model_id)
-    key = get_settings().model_signing_key
-    directory = tempfile.mkdtemp(prefix="nids-export-")
-    path = Path(directory) / f"{model.tag.name}-{model.tag.version}.bentomodel"
-    with path.open("wb") as out:
-        write_package(model, out, key.get_secret_value().encode() if key else None)
+    settings = get_settings()
+    size = _model_bytes(Path(model.path))
+    if size > settings.model_max_package_bytes:
+        raise RequestTooLarge(
+            f"model {model.tag} holds {size} bytes; exports are limited to {settings.model_max_package_bytes} "
+            "(NIDS_MODEL_MAX_PACKAGE_BYTES)"
+        )
+    if not _exporting.acquire(blocking=False):
+        raise TooManyRequests("another export is being packed by this worker; try again when it is done")
+    try:
+        if not _export_budget(settings.model_max_exports_per_minute).take():
+            raise TooManyRequests(
+                f"at most {settings.model_max_exports_per_minute} exports a minute "
+                "(NIDS_MODEL_MAX_EXPORTS_PER_MINUTE); try again later"
+            )
+        key = settings.model_signing_key
+        directory = tempfile.mkdtemp(prefix="nids-export-")
+        path = Path(directory) / f"{model.tag.name}-{model.tag.version}.bentomodel"
+        with path.open("wb") as out:
+            write_package(model, out, key.get_secret_value().encode() if key else None)
+    finally:
+        _exporting.release()
+    service.audit(caller.label, "export", model_type=model.tag.name, from_tag=str(model.tag))
     return FileResponse(
         path,
         media_type="application/octet-stream",

@@ -1,8 +1,10 @@
 """Observability routes (docs/api.md, "Observability"): statistics, the prediction list, drift, the live stream
 and the dashboard. Three small FastAPI apps, each mounted on the Bento under its own path:
 
-- `api` at /api/v1: GET /api/v1/predictions, GET /api/v1/predictions/stats, GET /api/v1/drift
-- `realtime` at /ws: the WebSocket /ws/realtime
+- `api` at /api/v1: GET /api/v1/predictions, GET /api/v1/predictions/stats, GET /api/v1/drift, and
+  GET /api/v1/realtime/ticket (a single-use ticket for the live stream, nids.serving.tickets)
+- `realtime` at /ws: the WebSocket /ws/realtime (its caller, ticket and Origin checked by
+  nids.serving.middleware.AccessGuard; at most NIDS_REALTIME_MAX_CLIENTS per worker, past it 503)
 - `dashboard` at /: GET /dashboard (claims that one path only; BentoML's mounts fall through to others)
 
 The service binds its `Observability` with `bind()` at startup (in the worker). Errors answer
@@ -27,7 +29,10 @@ from pydantic import ValidationError
 from nids.core.errors import InvalidInput, NIDSError, NotFound, Unavailable
 from nids.observability.schemas import DriftReport, LoggedPrediction, PredictionQuery, PredictionStats, TimeWindow
 from nids.observability.stream import EventFilter, Subscriber
+from nids.serving import tickets
+from nids.serving.auth import Caller, Unauthenticated, access_policy
 from nids.serving.errors import error_response
+from nids.serving.middleware import refuse, ticket_key
 from nids.serving.observability import Observability
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "static" / "dashboard.html"
@@ -100,6 +105,16 @@ def drift_report() -> DriftReport:
     return _observability().drift_report()
 
 
+@api.get("/realtime/ticket")
+def realtime_ticket(request: Request) -> dict[str, Any]:
+    """A ticket that opens /ws/realtime once, within TICKET_SECONDS, as the caller of this request (viewer)."""
+    caller: Caller | None = request.scope.get("state", {}).get("caller")
+    if caller is None:  # only reachable past AccessGuard, which names a viewer
+        raise Unauthenticated("a ticket needs a token of scope viewer: send 'Authorization: Bearer <token>'")
+    policy = access_policy()
+    return {"ticket": tickets.issue(ticket_key(policy), caller), "expires_in_seconds": tickets.TICKET_SECONDS}
+
+
 @dashboard.get("/dashboard", response_class=HTMLResponse)
 def dashboard_page() -> HTMLResponse:
     return HTMLResponse(DASHBOARD.read_text(encoding="utf-8"))
@@ -122,16 +137,27 @@ def _event_filter(params: dict[str, str]) -> EventFilter:
 @realtime.websocket("/realtime")
 async def realtime_stream(websocket: WebSocket) -> None:
     """`connection` on connect, `prediction` per logged prediction (every worker's), `ping` every N seconds."""
-    await websocket.accept()
     try:
-        event_filter = _event_filter(dict(websocket.query_params))
         observability = _observability()
         hub = observability.require(observability.hub)
+        settings = observability.settings
+        if len(hub.subscribers) >= settings.realtime_max_clients:
+            observability.metrics.refused.inc()
+            raise Unavailable(
+                f"this worker already streams to {settings.realtime_max_clients} clients "
+                "(NIDS_REALTIME_MAX_CLIENTS); try again later"
+            )
+    except NIDSError as error:  # refused before the handshake completes
+        await refuse(websocket.scope, websocket.receive, websocket.send, error)
+        return
+    await websocket.accept()
+    params = {key: value for key, value in websocket.query_params.items() if key != "ticket"}
+    try:
+        event_filter = _event_filter(params)
     except NIDSError as error:
         await websocket.send_json({"type": "error", **error.body()})
-        await websocket.close(code=1008 if error.status_code < 500 else 1011, reason=error.message[:120])
+        await websocket.close(code=1008, reason=error.message[:120])
         return
-    settings = observability.settings
     subscriber = hub.subscribe(event_filter)
     observability.metrics.clients.inc()
     try:
@@ -152,8 +178,10 @@ async def realtime_stream(websocket: WebSocket) -> None:
         for task in pending:
             task.cancel()
         if subscriber.stalled.is_set():
+            observability.metrics.cut_off.inc()
             await _close(websocket, 1008, "client too slow: events were dropped")
         elif sender in done and isinstance(sender.exception(), TimeoutError):
+            observability.metrics.cut_off.inc()
             await _close(websocket, 1008, "client too slow: a send timed out")
     finally:
         hub.unsubscribe(subscriber)
