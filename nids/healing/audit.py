@@ -31,6 +31,7 @@ COLUMNS: tuple[str, ...] = tuple(ActionRecord.model_fields)
 _TIME_COLUMNS = frozenset({"created_at", "updated_at", "expires_at", "ended_at"})
 _REAL_COLUMNS = _TIME_COLUMNS | {"confidence"}
 LIVE_LIMIT = 100_000
+PRUNE_BATCH = 5_000  # rows deleted per retention statement: no long lock on a store others write to
 DEFAULT_LOCK_SECONDS = 5.0  # settings.healing_audit_lock_seconds
 When = datetime | float
 
@@ -65,10 +66,11 @@ class AuditUnavailable(Unavailable):
 
 
 class AuditStore:
-    """The audit log: insert decisions, update their outcome, list/show them, find live blocks, keep flags."""
+    """The audit log: insert decisions, update their outcome, list/show them, find live blocks, keep flags; the
+    refusals of callers past their budget, in aggregate; retention (`prune`)."""
 
     def __init__(self, table_prefix: str, db: Database) -> None:
-        self.actions, self.state = db.tables(table_prefix, "audit", "actions", "state")
+        self.actions, self.state, self.refused = db.tables(table_prefix, "audit", "actions", "state", "refused")
         self.db = db
         self.unique_violation = db.unique_violation
         self.create_schema()
@@ -109,8 +111,34 @@ class AuditStore:
                     {},
                 ),
                 (f"CREATE TABLE IF NOT EXISTS {self.state} (key TEXT PRIMARY KEY, value TEXT NOT NULL)", {}),
+                (  # callers past their budget: one row per caller and minute, however many events they sent
+                    f"CREATE TABLE IF NOT EXISTS {self.refused} (minute DOUBLE PRECISION NOT NULL, "
+                    "requester TEXT NOT NULL, requests INTEGER NOT NULL, events INTEGER NOT NULL, "
+                    "PRIMARY KEY (minute, requester))",
+                    {},
+                ),
             ]
         )
+        self._add_caller_column()
+
+    def _add_caller_column(self) -> None:
+        """Logs written before the `caller` column get it; their rows count against the rate limits as before.
+        Several processes may start at once: one adds it, the others find it added."""
+        probe: list[Statement] = [(f"SELECT caller FROM {self.actions} LIMIT 1", {})]
+        try:
+            self.db.execute(probe)
+            return
+        except self.db.driver_error:
+            pass
+        try:
+            self.db.execute(
+                [
+                    (f"ALTER TABLE {self.actions} ADD COLUMN caller TEXT", {}),
+                    (f"UPDATE {self.actions} SET caller = 'before-access-control'", {}),
+                ]
+            )
+        except self.db.driver_error:  # another process added it first
+            self._run(probe)
 
     def insert(self, records: Sequence[ActionRecord]) -> None:
         sql = f"INSERT INTO {self.actions} ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
@@ -168,10 +196,10 @@ class AuditStore:
         return bool(self._run([(sql, {"action_id": action_id, "old": old, "new": new, "now": epoch(now)})]))
 
     def count_recent(self, windows: Mapping[str, tuple[When, int]]) -> dict[str, int]:
-        """Per action type (its window start, its limit), the decisions since then that used the rate limit (not
-        rate-limited, not extensions), counted up to the limit: the limits hold across every process and replica
-        sharing the log, and each count reads at most about `limit` rows of the (action_type, created_at) index
-        however many rate-limited decisions the window holds."""
+        """Per action type (its window start, its limit), the decisions since then that used the rate limit (of
+        callers authorised to enforce; not rate-limited, not extensions), counted up to the limit: the limits hold
+        across every process and replica sharing the log, and each count reads at most about `limit` rows of the
+        (action_type, created_at) index however many rate-limited decisions the window holds."""
         if not windows:
             return {}
         params: dict[str, Any] = {}
@@ -180,7 +208,7 @@ class AuditStore:
             selects.append(
                 f"SELECT {i} AS i, COUNT(*) AS n FROM (SELECT 1 FROM {self.actions} "
                 f"WHERE action_type = :type{i} AND created_at > :since{i} AND parent_id IS NULL "
-                f"AND status != 'rate_limited' LIMIT :limit{i}) AS w{i}"
+                f"AND status != 'rate_limited' AND caller IS NOT NULL LIMIT :limit{i}) AS w{i}"
             )
             params |= {f"type{i}": action_type, f"since{i}": epoch(since), f"limit{i}": limit}
         counts = dict(self._run([(" UNION ALL ".join(selects), params)]))
@@ -223,6 +251,53 @@ class AuditStore:
     def due_blocks(self, now: When) -> list[ActionRecord]:
         """Live blocks whose expiry has passed."""
         return self._live_blocks("expires_at <= :now", {"now": epoch(now)})
+
+    def count_refused(self, requester: str, minute: float, events: int) -> None:
+        """Add one refused request of `events` events to the requester's aggregate row of that minute."""
+        sql = (
+            f"INSERT INTO {self.refused} (minute, requester, requests, events) "
+            "VALUES (:minute, :requester, 1, :events) "
+            f"ON CONFLICT (minute, requester) DO UPDATE SET requests = {self.refused}.requests + 1, "
+            f"events = {self.refused}.events + excluded.events"
+        )
+        self._run([(sql, {"minute": minute, "requester": requester, "events": events})])
+
+    def refusals(self, since: When = 0.0) -> list[tuple[float, str, int, int]]:
+        """(minute, requester, requests, events) of the refused requests since then, oldest first."""
+        sql = f"SELECT minute, requester, requests, events FROM {self.refused} WHERE minute >= :since ORDER BY minute"
+        return [(float(m), str(r), int(q), int(e)) for m, r, q, e in self._run([(sql, {"since": epoch(since)})])]
+
+    def count(self) -> int:
+        return int(self._run([(f"SELECT COUNT(*) FROM {self.actions}", {})])[0][0])
+
+    def prune(self, older_than: When, keep_rows: int, batch: int = PRUNE_BATCH) -> int:
+        """Retention, at most `batch` rows a call: delete decisions created before `older_than`, or older than the
+        newest `keep_rows`; never a live enforced block (nor its extensions: it is lifted on time) or an action still
+        queued or running (a dry-run block is only a record). Also the
+        refusal aggregates before `older_than`. The decisions deleted."""
+        enforced_live = "action_type = 'block_ip' AND mode = 'enforce' AND ended_at IS NULL"
+        settled = (
+            f"status NOT IN ('queued', 'running') AND NOT ({enforced_live}) "
+            f"AND (parent_id IS NULL OR parent_id NOT IN (SELECT action_id FROM {self.actions} WHERE {enforced_live}))"
+        )
+        # the first row past the newest `keep_rows`, by (created_at, action_id): exact even when a batch of
+        # decisions shares one timestamp
+        first_past = (
+            f"(SELECT created_at, action_id FROM {self.actions} "
+            "ORDER BY created_at DESC, action_id DESC LIMIT 1 OFFSET :keep)"
+        )
+        due = (
+            f"SELECT action_id FROM {self.actions} WHERE {settled} AND (created_at < :older_than "
+            f"OR (created_at, action_id) <= {first_past}) ORDER BY created_at LIMIT :batch"
+        )
+        params = {"older_than": epoch(older_than), "keep": keep_rows, "batch": batch}
+        rows = self._run(
+            [
+                (f"DELETE FROM {self.refused} WHERE minute < :older_than", params),
+                (f"DELETE FROM {self.actions} WHERE action_id IN ({due}) RETURNING action_id", params),
+            ]
+        )
+        return len(rows)
 
     def get_flag(self, key: str) -> str | None:
         rows = self._run([(f"SELECT value FROM {self.state} WHERE key = :key", {"key": key})])

@@ -1,7 +1,9 @@
 """The self-healing engine: decide fast on the request path, execute safely in the background.
 
 `handle` applies the policy and the safety rules to each event, writes one audit row per decision and queues
-enforced actions; it never waits for an executor. One worker thread per action type runs the queue (so a slow
+enforced actions; it never waits for an executor. Callers not authorised to enforce are held to a budget of their
+own (nids.healing.budget) and never use the rate limits of enforced actions; the audit log is pruned in the
+background (retention by age and rows). One worker thread per action type runs the queue (so a slow
 webhook never delays a block), re-checking the stop switch before each execution; the block_ip worker also
 lifts expired blocks.
 """
@@ -22,7 +24,8 @@ from typing import Any
 from nids.core.actions import ACTION_TYPES, ActionStatus, ActionType, AttackEvent, HealingAction, Mode
 from nids.core.errors import Conflict, NotFound
 from nids.core.settings import Settings
-from nids.healing.audit import AuditStore, BlockConflict, When, open_audit_store
+from nids.healing.audit import PRUNE_BATCH, AuditStore, BlockConflict, When, open_audit_store
+from nids.healing.budget import Retention, UnauthorisedBudget
 from nids.healing.executors import Executor, default_executors
 from nids.healing.policy import AlertRule, BlockRule, Policy, RestartRule, Rule, load_policy
 from nids.healing.schemas import ActionQuery, ActionRecord
@@ -100,6 +103,8 @@ class HealingEngine:
         own_addresses: Iterable[str] = (),
         enforcement_stopped: bool = False,
         sweep_seconds: float | None = 5.0,
+        budget: UnauthorisedBudget | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -124,6 +129,11 @@ class HealingEngine:
             threading.Thread(target=self._work, args=(name,), name=f"healing-{name}", daemon=True)
             for name in self.executors
         ]
+        self.budget = budget
+        self.retention = retention
+        self._stopping = threading.Event()
+        if retention is not None:
+            self._workers.append(threading.Thread(target=self._retain, name="healing-retention", daemon=True))
         for worker in self._workers:
             worker.start()
         for pending in self.store.list(
@@ -143,6 +153,8 @@ class HealingEngine:
             store,
             own_addresses=[*settings.healing_own_addresses, *host_addresses()],
             enforcement_stopped=settings.healing_enforcement_stopped,
+            budget=UnauthorisedBudget.from_settings(settings),
+            retention=Retention.from_settings(settings),
         )
 
     # --- the stop switch -----------------------------------------------------------------------------
@@ -163,13 +175,22 @@ class HealingEngine:
         logger.warning("self-healing enforcement %s", "resumed" if enabled else "STOPPED")
 
     # --- deciding ---------------------------------------------------------------------------------------
-    def handle(self, events: Sequence[AttackEvent], *, caller: str | None = IN_PROCESS) -> list[HealingAction]:
+    def handle(
+        self, events: Sequence[AttackEvent], *, caller: str | None = IN_PROCESS, requester: str | None = None
+    ) -> list[HealingAction]:
         """Decide and audit every event, queue what is enforced; never waits for an executor.
 
         `caller` is the label of the token that sent the events, recorded as `authorised_by` in the parameters of
         every enforced action; None (a caller without a sensor token): what would be enforced is recorded as
-        dry_run with the reason NOT_AUTHORISED.
+        dry_run with the reason NOT_AUTHORISED, outside the rate limits. Such a caller's events are charged to
+        `requester` (who sent them over HTTP: a viewer's label, `anonymous`) against the budget: past it,
+        TooManyRequests, and the request is counted in aggregate rather than decided.
         """
+        if caller is None and requester is not None and self.budget is not None:
+            refused = self.budget.refusal(requester, len(events))
+            if refused is not None:
+                self.store.count_refused(requester, self.clock() // 60 * 60, len(events))
+                raise refused
         enforcing = self.enforcement_enabled
         with self._lock:
             records = self._decide_retrying(events, enforcing, caller)
@@ -247,8 +268,8 @@ class HealingEngine:
             key = (str(event.src_ip), mode)
             live = blocks.get(key) or self.store.live_block(*key)
             if live is not None:
-                return self._extension(event, rule, live, now, now + block_seconds)
-        if reason is None and action in DISRUPTIVE and not quota.allow(action):
+                return self._extension(event, rule, live, now, now + block_seconds, caller)
+        if reason is None and action in DISRUPTIVE and caller is not None and not quota.allow(action):
             limit = self.policy.rate_limits[action]
             reason = f"rate limit of {action} reached ({limit.max_actions} per {limit.per_seconds:g} s)"
         if reason is not None:
@@ -258,7 +279,7 @@ class HealingEngine:
         if unauthorised:
             mode = "dry_run"
         status = ActionStatus.DRY_RUN if mode == "dry_run" else ActionStatus.QUEUED
-        if action in ("alert_admin", "log_only") and not quota.allow(action):
+        if action in ("alert_admin", "log_only") and caller is not None and not quota.allow(action):
             status = ActionStatus.RATE_LIMITED
         params = self._params(action, event, rule, service, block_seconds, reason)
         if mode == "enforce":
@@ -266,6 +287,7 @@ class HealingEngine:
         record = self._record(
             event,
             rule,
+            caller=caller,
             action=action,
             mode=mode,
             status=status,
@@ -297,6 +319,7 @@ class HealingEngine:
         event: AttackEvent,
         rule: Rule,
         *,
+        caller: str | None,
         action: ActionType,
         mode: Mode,
         status: ActionStatus,
@@ -333,14 +356,16 @@ class HealingEngine:
             ended_at=None,
             undo_command=None,
             undo_outcome=None,
+            caller=caller,
         )
 
     def _extension(
-        self, event: AttackEvent, rule: Rule, live: ActionRecord, now: float, expires_at: float
+        self, event: AttackEvent, rule: Rule, live: ActionRecord, now: float, expires_at: float, caller: str | None
     ) -> ActionRecord:
         return self._record(
             event,
             rule,
+            caller=caller,
             action="block_ip",
             mode=live.mode,
             status=ActionStatus.EXTENDED,
@@ -504,11 +529,33 @@ class HealingEngine:
     def get_action(self, action_id: str) -> ActionRecord | None:
         return self.store.get(action_id)
 
+    # --- retention ---------------------------------------------------------------------------------------
+    def prune(self) -> int:
+        """Apply the retention once (batch after batch); the decisions deleted."""
+        assert self.retention is not None
+        deleted = 0
+        while True:
+            older_than = self.clock() - self.retention.max_age_seconds
+            n = self.store.prune(older_than, self.retention.max_rows)
+            deleted += n
+            if n < PRUNE_BATCH:
+                return deleted
+
+    def _retain(self) -> None:
+        assert self.retention is not None
+        while not self._stopping.wait(self.retention.every_seconds):
+            try:
+                if deleted := self.prune():
+                    logger.info("audit log retention: %d decisions deleted", deleted)
+            except Exception as error:  # the store is down: try again next time
+                logger.warning("audit log retention failed: %s", error)
+
     def close(self) -> None:
         """Stop the workers after the queued executions have run, then close the audit store."""
         if self._closed:
             return
         self._closed = True
+        self._stopping.set()
         for pending in self._queues.values():
             pending.put(None)
         for worker in self._workers:

@@ -52,6 +52,11 @@ class ActionRecord(BaseModel):
     ended_at: datetime | None = Field(description="when it was reverted or expired, or failed / was suppressed")
     undo_command: str | None
     undo_outcome: str | None
+    caller: str | None = Field(
+        None,
+        description="label of the caller authorised to enforce (a sensor or admin token, 'in-process'); null: a "
+        "caller without that authority, whose decisions are dry-run and never count against the rate limits",
+    )
 
     def to_action(self) -> HealingAction:
         return HealingAction(

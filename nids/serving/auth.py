@@ -47,7 +47,7 @@ from typing import Annotated, Any, Literal
 
 import bentoml
 import yaml
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 
 from nids.core.errors import NIDSError, NotFound
 from nids.core.settings import Settings, get_settings
@@ -401,14 +401,17 @@ def admin_caller(authorization: Annotated[str | None, Header()] = None) -> Calle
     return require(token_book(), Role.ADMIN, bearer(authorization))
 
 
-def sensor_caller(authorization: Annotated[str | None, Header()] = None) -> Caller | None:
-    """The caller if it may enforce; None (answered as dry-run) without a token or with a viewer's."""
-    caller = optional(token_book(), Role.VIEWER, bearer(authorization))
-    return caller if caller is not None and caller.enforces else None
+def request_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller | None:
+    """The caller AccessGuard admitted (whether it may enforce is `Caller.enforces`); for an app used without the
+    guard, the bearer token's caller (None without a token; 403 for a wrong one)."""
+    state: dict[str, Any] = request.scope.get("state", {})
+    if "caller" in state:
+        return state["caller"]
+    return optional(token_book(), Role.VIEWER, bearer(authorization))
 
 
 AdminCaller = Annotated[Caller, Depends(admin_caller)]
-SensorCaller = Annotated[Caller | None, Depends(sensor_caller)]
+RequestCaller = Annotated[Caller | None, Depends(request_caller)]
 
 
 def caller_of(ctx: bentoml.Context | None) -> Caller | None:

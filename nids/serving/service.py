@@ -148,7 +148,9 @@ class NIDSService:
     def healer(self, caller: Caller | None) -> pipeline.Healer:
         """The engine's `handle` for this caller: a sensor's (or admin's) label authorises enforcement; a viewer's
         events, or an in-process call's, are answered as dry-run."""
-        return partial(self.healing.handle, caller=caller.label if caller is not None and caller.enforces else None)
+        if caller is None:  # an in-process call
+            return partial(self.healing.handle, caller=None)
+        return partial(self.healing.handle, caller=caller.label if caller.enforces else None, requester=caller.label)
 
     def _healer_of(self, ctx: Context | None) -> pipeline.Healer:
         return self.healer(caller_of(ctx))

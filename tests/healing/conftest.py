@@ -76,7 +76,7 @@ def drop_tables(prefix: str) -> None:
     import psycopg
 
     with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {prefix}actions, {prefix}state")
+        conn.execute(f"DROP TABLE IF EXISTS {prefix}actions, {prefix}state, {prefix}refused")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -135,6 +135,7 @@ def _block(store: AuditStore, expires_at: float) -> str:
                 ended_at=None,
                 undo_command=None,
                 undo_outcome=None,
+                caller="sensor",
             )
         ]
     )

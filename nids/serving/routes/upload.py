@@ -6,7 +6,7 @@ and one prediction per row with `traffic_data` (`id`, `features`, `source`, `bat
 the `id` of the row's prediction in the log, which GET /api/v1/predictions/{id} answers (null when the prediction
 log is off). The action's `status` is in the original's words (`logged`: recorded, nothing run), this project's
 own status in `execution_status`. A caller without a sensor token is answered, but nothing it triggers is
-enforced (nids.serving.auth).
+enforced, and its events count against its own budget (nids.serving.auth, nids.healing.budget).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from nids.core.features import ATTACK_FEATURES, THREAT_FEATURES
 from nids.core.schemas import AttackPrediction, ThreatFlow, ThreatPrediction
 from nids.core.settings import get_settings
 from nids.observability.records import PredictionBatch
-from nids.serving.auth import SensorCaller
+from nids.serving.auth import RequestCaller
 from nids.serving.errors import install_fastapi
 from nids.serving.routes.files import save_upload
 
@@ -81,7 +81,9 @@ class CsvUploadResponse(BaseModel):
 
 @app.post("/csv", response_model=CsvUploadResponse)
 def upload_csv(
-    request: Request, caller: SensorCaller, file: Annotated[UploadFile, File(description="CICFlowMeter or NSL-KDD CSV")]
+    request: Request,
+    caller: RequestCaller,
+    file: Annotated[UploadFile, File(description="CICFlowMeter or NSL-KDD CSV")],
 ) -> CsvUploadResponse:
     """Analyze every row of a CSV: threat verdict, attack type and self-healing action."""
     settings, state = get_settings(), request.app.state
