@@ -147,6 +147,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/dashboard"): PUBLIC,  # the page only: its data comes from the viewer routes below
     ("GET", "/api/v1/predictions"): VIEWER,
     ("GET", "/api/v1/predictions/stats"): VIEWER,
+    ("GET", "/api/v1/predictions/{prediction_id}"): VIEWER,
     ("GET", "/api/v1/drift"): VIEWER,
     ("GET", "/api/v1/realtime/ticket"): VIEWER,
     (WEBSOCKET, "/ws/realtime"): VIEWER,
