@@ -25,7 +25,8 @@ ENV = {f"NIDS_{role.upper()}_TOKEN": token for role, token in TOKENS.items()}
 # a concrete path per template parameter: nothing a call with it does changes the server (unknown model ids)
 PARAMETERS = {
     "{model_id}": "threat_detector:doesnotexist",
-    "{model_type}": "threat_detector", "{prediction_id}": "999999",
+    "{model_type}": "threat_detector",
+    "{prediction_id}": "999999",
     "{file:path}": "swagger-ui.css",
 }
 
