@@ -18,6 +18,7 @@ from nids.core.encoding import to_matrix
 from nids.core.model import LoadedModel, ReferenceCase
 from nids.models.artifacts import ModelLoadError, OnnxPredictor, load_model, save_model
 from training.data import LABEL, Split, rows_of
+from training.families import register_onnx_converters
 
 # largest |P_onnx - P_sklearn| accepted before the ONNX form is stored
 ONNX_PARITY_TOLERANCE = 1e-4
@@ -59,8 +60,13 @@ def to_onnx_bytes(estimator: Any, n_features: int) -> bytes:
     """ONNX form of a fitted scikit-learn classifier: float32 input, probabilities without zipmap."""
     from skl2onnx import to_onnx
 
+    register_onnx_converters()
     sample = np.zeros((1, n_features), dtype=np.float32)
-    return to_onnx(estimator, sample, options={id(estimator): {"zipmap": False}}).SerializeToString()
+    # ai.onnx.ml 3: what onnxruntime's tree ensembles and skl2onnx's calibration converters share (LightGBM's
+    # converter would otherwise ask for 5, which skl2onnx 1.20 refuses)
+    return to_onnx(
+        estimator, sample, options={id(estimator): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3}
+    ).SerializeToString()
 
 
 def onnx_with_parity(
@@ -107,12 +113,15 @@ def split_metadata(split: Split) -> dict[str, Any]:
 
 
 def training_params(kept: str, baseline: str, selection_rule: str, estimator: Any, config: Any) -> dict[str, Any]:
+    """The stored estimator's description: a calibrated wrapper is described by the model it wraps."""
+    model = getattr(estimator, "estimator", None) if hasattr(estimator, "calibrated_classifiers_") else None
     return {
         "kept": kept,
         "baseline": baseline,
         "selection_rule": selection_rule,
-        "estimator": type(estimator).__name__,
-        "estimator_params": jsonable_params(estimator),
+        "estimator": type(model or estimator).__name__,
+        "estimator_params": jsonable_params(model or estimator),
+        "calibrated": f"{type(estimator).__name__}(method={estimator.method!r})" if model is not None else "no",
         "config": {key: str(value) for key, value in dataclasses.asdict(config).items()},
     }
 
@@ -176,3 +185,23 @@ def parity_text(parity: dict[str, Any]) -> str:
         f"{parity['max_abs_diff_holdout_sample']:.2e} on {parity['holdout_sample_rows']} held-out rows "
         f"(tolerance {parity['tolerance']:.0e}); ONNX form {'stored' if parity['stored'] else 'NOT stored'}"
     )
+
+
+def calibrate(estimator: Any, X: np.ndarray, y: np.ndarray, method: str) -> Any:
+    """The fitted `estimator` with a calibrator (sklearn CalibratedClassifierCV, 'sigmoid' or 'isotonic') fitted on
+    rows it was not trained on; one calibrator per class for a multiclass model, normalised.
+
+    Every class must occur in (X, y). The stored wrapper holds the estimator itself, not sklearn's FrozenEstimator
+    (which skl2onnx cannot convert); predictions are the same.
+    """
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    missing = sorted(set(np.asarray(estimator.classes_).tolist()) - set(np.unique(y).tolist()))
+    if missing:
+        raise ValueError(f"the calibration rows lack classes {missing}")
+    calibrated = CalibratedClassifierCV(FrozenEstimator(estimator), method=method).fit(X, y)
+    calibrated.estimator = estimator
+    for part in calibrated.calibrated_classifiers_:
+        part.estimator = estimator
+    return calibrated

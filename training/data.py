@@ -36,6 +36,7 @@ SOURCE_IMPROVED = "corrected"
 SOURCE_ORIGINAL = "original"
 LABEL = "label"
 SOURCE = "source"
+ATTACK_TYPE = "attack_type"  # NSL-KDD: the attack's name ("normal" for normal rows), for grouped selection
 NSL_KDD_NORMAL = "normal"
 _IMPROVED_LABEL = "Label"
 _IMPROVED_ATTEMPTED = "Attempted Category"
@@ -135,7 +136,7 @@ def _numeric(path: Path | str, frame: pd.DataFrame, column: str, *, allow_nan: b
 
 
 def load_nsl_kdd(path: Path | str = NSL_KDD_TRAIN, *, nrows: int | None = None) -> Dataset:
-    """KDDTrain+/KDDTest+ with a header line: the 10 threat features and LABEL (0 normal, 1 attack)."""
+    """KDDTrain+/KDDTest+ with a header line: the 10 threat features, LABEL (0 normal, 1 attack), ATTACK_TYPE."""
     frame = _read_csv(path, nrows, [*THREAT_FEATURES, LABEL])
     _require_columns(path, frame, [*THREAT_FEATURES, LABEL])
     out = pd.DataFrame(index=frame.index)
@@ -159,6 +160,7 @@ def load_nsl_kdd(path: Path | str = NSL_KDD_TRAIN, *, nrows: int | None = None) 
         row = int(np.flatnonzero((labels == "").to_numpy())[0])
         raise DataValidationError(path, LABEL, f"must be 'normal' or an attack name; data row {row + 1} is empty")
     out[LABEL] = (labels != NSL_KDD_NORMAL).astype(np.int64)
+    out[ATTACK_TYPE] = labels
     return Dataset(path=str(path), sha256=sha256_file(path), frame=out, rows_read=len(frame))
 
 

@@ -25,17 +25,22 @@ from sklearn.metrics import (
 
 
 def fpr_threshold(scores: np.ndarray, labels: np.ndarray, max_fpr: float) -> float:
-    """Lowest threshold t (among the scores of normal rows) with mean(normal score >= t) <= max_fpr.
+    """Lowest threshold t with mean(normal score >= t) <= max_fpr, placed midway between the lowest qualifying
+    normal score and the next lower one (the same rows are flagged, and no row sits on the threshold itself,
+    where float32 inference could flip it).
 
-    Rows scoring >= t are flagged as attacks. If no normal score qualifies, t sits just above the highest.
+    Rows scoring >= t are flagged as attacks. If no normal score qualifies, t sits midway between the highest
+    normal score and 1 (or just above it).
     """
     normal = np.sort(scores[labels == 0])
     if normal.size == 0:
         raise ValueError("threshold rule needs normal rows in the validation split")
-    for candidate in np.unique(normal):
+    unique = np.unique(normal)
+    for i, candidate in enumerate(unique):
         if np.mean(normal >= candidate) <= max_fpr:
-            return float(candidate)
-    return float(np.nextafter(normal[-1], np.inf))
+            return float(candidate if i == 0 else (unique[i - 1] + candidate) / 2)
+    top = float(unique[-1])
+    return (top + 1.0) / 2 if top < 1.0 else float(np.nextafter(top, np.inf))
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | int]:
@@ -108,6 +113,63 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path:
     ax.set_ylabel("true-positive rate (recall)")
     ax.set_title(title)
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- calibration ---------------------------------------------------------------------------------------------
+
+CALIBRATION_BINS = 15
+
+
+def reliability(confidence: np.ndarray, outcome: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, object]:
+    """Expected calibration error over equal-width bins of `confidence` in [0, 1], and the bins themselves.
+
+    ECE = sum over bins of (rows in bin / rows) * |mean outcome - mean confidence|. `outcome` is 1/0: for a
+    top-label check whether the predicted class was right, for a binary score whether the row is positive.
+    """
+    confidence = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
+    outcome = np.asarray(outcome, dtype=np.float64)
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / np.maximum(counts, 1)
+    mean_outcome = np.bincount(index, weights=outcome, minlength=bins) / np.maximum(counts, 1)
+    ece = float(np.sum(counts / max(len(confidence), 1) * np.abs(mean_outcome - mean_confidence)))
+    return {
+        "ece": ece,
+        "bins": bins,
+        "rows": len(confidence),
+        "count": counts.tolist(),
+        "mean_confidence": mean_confidence.tolist(),
+        "mean_outcome": mean_outcome.tolist(),
+    }
+
+
+def top_label_reliability(labels: np.ndarray, proba: np.ndarray) -> dict[str, object]:
+    """Calibration of the served `confidence` (the largest class probability) against being right."""
+    return reliability(proba.max(axis=1), (proba.argmax(axis=1) == labels).astype(int))
+
+
+def plot_reliability(curves: dict[str, dict[str, object]], title: str, xlabel: str, path: Path) -> None:
+    """Reliability diagram: observed frequency against mean predicted probability per bin, one line per curve."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="perfectly calibrated")
+    for name, curve in curves.items():
+        used = np.asarray(curve["count"]) > 0
+        ax.plot(
+            np.asarray(curve["mean_confidence"])[used],
+            np.asarray(curve["mean_outcome"])[used],
+            marker="o",
+            markersize=3,
+            label=f"{name} (ECE {curve['ece']:.4f})",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -11,6 +11,7 @@ import pytest
 
 from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_FEATURES
 from training.data import (
+    ATTACK_TYPE,
     CIC_IMPROVED,
     CIC_ORIGINAL,
     LABEL,
@@ -45,7 +46,8 @@ def test_nsl_kdd_files_load_with_recorded_hashes_and_counts():
     assert train.sha256 == "a6af69dab42b229db8b687bdaeb8c295d2117ea1cfa442cbc40f470cbfba2a1b"
     assert train.frame[LABEL].value_counts().to_dict() == {0: 67343, 1: 58630}
     assert test.frame[LABEL].value_counts().to_dict() == {0: 9711, 1: 12833}
-    assert list(train.frame.columns) == [*THREAT_FEATURES, LABEL]
+    assert list(train.frame.columns) == [*THREAT_FEATURES, LABEL, ATTACK_TYPE]
+    assert train.frame[ATTACK_TYPE].nunique() == 23 and (train.frame[ATTACK_TYPE] == "normal").sum() == 67343
     assert pd.api.types.is_string_dtype(train.frame["service"]) and train.frame["src_bytes"].dtype == np.float64
 
 

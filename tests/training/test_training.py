@@ -40,7 +40,7 @@ def test_threat_reports_are_written(tmp_path, training_slices):
     config = ThreatConfig(model_name="report_threat", reports_dir=tmp_path, **training_slices["threat"])
     result = train_threat(config)
     files = {path.name for path in tmp_path.iterdir()}
-    assert files == {"evaluation.md", "MODEL_CARD.md", "confusion_matrix.png", "roc_curve.png"}
+    assert files == {"evaluation.md", "MODEL_CARD.md", "confusion_matrix.png", "roc_curve.png", "reliability.png"}
     assert (tmp_path / "roc_curve.png").read_bytes()[:4] == b"\x89PNG"
     evaluation = (tmp_path / "evaluation.md").read_text()
     accuracy = result.evaluations[result.kept].test["accuracy"]
