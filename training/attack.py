@@ -587,6 +587,12 @@ def _rare_recall(per_source: dict[str, dict[str, Any]]) -> list[str]:
     return cells
 
 
+def _source_cells(y: np.ndarray, predicted: np.ndarray, sources: np.ndarray) -> list[str]:
+    """Macro-F1 per release, then the rare classes' recall: the cells both selection tables share."""
+    per_source = _per_source(y, predicted, sources)
+    return [*[f"{per_source[s]['macro_f1']:.4f}" for s in SOURCES], *_rare_recall(per_source)]
+
+
 def run_selection(args: Any, config: AttackConfig = AttackConfig()) -> None:
     log = common.Progress(f"{config.model_name} selection")
     frame, _ = load_attack_frame(config)
@@ -610,43 +616,18 @@ def run_selection(args: Any, config: AttackConfig = AttackConfig()) -> None:
         per_source = _per_source(y_fold, proba.argmax(axis=1), sources[rows])
         return float(np.mean([m["macro_f1"] for m in per_source.values()]))
 
-    results = selection.cross_validate(
-        SELECTION_CANDIDATES,
-        X,
-        y,
-        strata=strata,
-        groups=groups,
-        folds=args.folds,
-        seed=config.seed,
-        n_jobs=args.n_jobs,
-        score=mean_macro_f1,
+    results, chosen, rule = selection.compare(
+        SELECTION_CANDIDATES, X, y, strata=strata, groups=groups, args=args, seed=config.seed, score=mean_macro_f1,
         log=log,
-    )
-    chosen, rule = selection.pick(results)
-    rows = []
-    for r in results:
-        per_source = _per_source(y, r.oof_proba.argmax(axis=1), sources)
-        single, bulk = selection.speed_text(r.speed)
-        rows.append(
-            [
-                f"{r.candidate.name}{' (kept)' if r is chosen else ''}",
-                f"{r.mean:.4f} +- {r.sd:.4f}",
-                *[f"{per_source[s]['macro_f1']:.4f}" for s in SOURCES],
-                *_rare_recall(per_source),
-                f"{r.fit_seconds:.1f}",
-                single,
-                bulk,
-            ]
-        )
+    )  # fmt: skip
+    rows = [selection.table_row(r, chosen, _source_cells(y, r.oof_proba.argmax(axis=1), sources)) for r in results]
     table = common.markdown_table(
         [
             "candidate",
             f"mean macro-F1 of the releases (mean +- sd, {args.folds} folds)",
             *[f"{s} macro-F1 (pooled out-of-fold)" for s in SOURCES],
             *[f"recall {name} (corrected / original; rows)" for name in RARE_CLASSES],
-            "fit s / fold",
-            "ONNX single row (us)",
-            "ONNX bulk (us / row)",
+            *selection.SPEED_HEADER,
         ],
         rows,
     )
@@ -657,20 +638,19 @@ def run_selection(args: Any, config: AttackConfig = AttackConfig()) -> None:
         f"({len(train)} rows; the rare classes whole). Folds: {args.folds}-fold StratifiedGroupKFold by "
         f"(release, class), seed {config.seed}, grouped by near-duplicate key (the 42 features equal after "
         f"log1p rounding to 0.1, whatever the label: {len(np.unique(groups))} groups), so near-copies of a flow "
-        f"never sit on both sides of a fold. Criterion: mean over the two releases of the fold's macro-F1. "
-        f"Speeds: one ONNX Runtime thread, the last fold's model, best of {selection.SPEED_REPEATS} runs on this "
-        f"shared 2-core machine (noisy: a tie-break, not a benchmark; BENCHMARKS.md has the served figures)."
+        f"never sit on both sides of a fold. Criterion: mean over the two releases of the fold's macro-F1."
     )
     directory = args.reports_dir or config.reports_dir or common.REPORTS_DIR / ATTACK_MODEL_NAME
     selection.write_report(
-        directory / "selection.md",
+        directory,
         title="Attack classifier: model selection on the training rows (cross-validated)",
         intro=intro,
         table=table,
         rule=rule,
         extra=extra,
+        chosen=chosen,
+        log=log,
     )
-    log(f"kept {chosen.candidate.name}; report {directory / 'selection.md'}")
 
 
 def _selection_experiments(
@@ -685,10 +665,7 @@ def _selection_experiments(
             chosen.oof_proba / np.sqrt(np.maximum(prior, 1e-12))
         ).argmax(axis=1),
     }
-    rows = []
-    for name, predicted in decisions.items():
-        per_source = _per_source(y, predicted, sources)
-        rows.append([name, *[f"{per_source[s]['macro_f1']:.4f}" for s in SOURCES], *_rare_recall(per_source)])
+    rows = [[name, *_source_cells(y, predicted, sources)] for name, predicted in decisions.items()]
     decision_table = common.markdown_table(
         [
             "decision rule (out-of-fold, kept candidate)",

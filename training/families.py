@@ -50,21 +50,15 @@ class Candidate:
 def build(candidate: Candidate, *, seed: int, n_jobs: int) -> Any:
     """An unfitted estimator for `candidate` (n_jobs for training; the stored model predicts with n_jobs=1)."""
     family, weight = candidate.family, candidate.class_weight
-    if family == RANDOM_FOREST:
-        return RandomForestClassifier(
+    if family in (RANDOM_FOREST, EXTRA_TREES):
+        forest = RandomForestClassifier if family == RANDOM_FOREST else ExtraTreesClassifier
+        # a random forest's bootstrap samples are re-weighted per tree; extra trees see every row
+        balanced = "balanced_subsample" if family == RANDOM_FOREST else "balanced"
+        return forest(
             n_estimators=candidate.n_estimators,
             max_depth=candidate.max_depth,
             min_samples_leaf=candidate.min_samples_leaf,
-            class_weight="balanced_subsample" if weight == "balanced" else None,
-            random_state=seed,
-            n_jobs=n_jobs,
-        )
-    if family == EXTRA_TREES:
-        return ExtraTreesClassifier(
-            n_estimators=candidate.n_estimators,
-            max_depth=candidate.max_depth,
-            min_samples_leaf=candidate.min_samples_leaf,
-            class_weight=weight,
+            class_weight=balanced if weight == "balanced" else None,
             random_state=seed,
             n_jobs=n_jobs,
         )

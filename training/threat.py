@@ -180,12 +180,8 @@ def _calibration_halves(validation: pd.DataFrame, config: ThreatConfig) -> tuple
     return np.sort(fit), np.sort(check)
 
 
-def train_threat(config: ThreatConfig = ThreatConfig()) -> ThreatResult:
-    log = common.Progress(config.model_name)
-    train_file = load_nsl_kdd(config.train_path, nrows=config.max_train_rows)
-    test_file = load_nsl_kdd(config.test_path, nrows=config.max_test_rows)
-    log(f"loaded {train_file.rows_read} training rows, {test_file.rows_read} test rows")
-    encoders = encoders_of(train_file.frame)
+def _encoders_and_split(train_file: Dataset, config: ThreatConfig) -> tuple[dict[str, list[str]], Split]:
+    """Category encoders of the whole training file, and its deduplicated train/validation split."""
     split = deduplicate_and_split(
         train_file.frame,
         THREAT_FEATURES,
@@ -193,6 +189,15 @@ def train_threat(config: ThreatConfig = ThreatConfig()) -> ThreatResult:
         validation_fraction=config.validation_fraction,
         seed=config.seed,
     )
+    return encoders_of(train_file.frame), split
+
+
+def train_threat(config: ThreatConfig = ThreatConfig()) -> ThreatResult:
+    log = common.Progress(config.model_name)
+    train_file = load_nsl_kdd(config.train_path, nrows=config.max_train_rows)
+    test_file = load_nsl_kdd(config.test_path, nrows=config.max_test_rows)
+    log(f"loaded {train_file.rows_read} training rows, {test_file.rows_read} test rows")
+    encoders, split = _encoders_and_split(train_file, config)
     log(f"split: {len(split.train)} train / {len(split.validation)} validation ({split.duplicates_removed} duplicates)")
     X_train, y_train = common.encode(split.train, THREAT_FEATURES, encoders), common.labels_of(split.train)
     X_val, y_val = common.encode(split.validation, THREAT_FEATURES, encoders), common.labels_of(split.validation)
@@ -533,14 +538,7 @@ def selection_groups(frame: pd.DataFrame, X: np.ndarray) -> np.ndarray:
 def run_selection(args: Any, config: ThreatConfig = ThreatConfig()) -> None:
     log = common.Progress(f"{config.model_name} selection")
     train_file = load_nsl_kdd(config.train_path)
-    encoders = encoders_of(train_file.frame)
-    split = deduplicate_and_split(
-        train_file.frame,
-        THREAT_FEATURES,
-        strata=[LABEL],
-        validation_fraction=config.validation_fraction,
-        seed=config.seed,
-    )
+    encoders, split = _encoders_and_split(train_file, config)
     frame = split.train
     if len(frame) > args.max_rows:
         frame = frame.sample(n=args.max_rows, random_state=config.seed).reset_index(drop=True)
@@ -552,43 +550,20 @@ def run_selection(args: Any, config: ThreatConfig = ThreatConfig()) -> None:
         threshold = fpr_threshold(proba[:, 1], y_fold, config.max_fpr)
         return float(np.mean(proba[y_fold == 1, 1] >= threshold))
 
-    results = selection.cross_validate(
-        SELECTION_CANDIDATES,
-        X,
-        y,
-        strata=y,
-        groups=groups,
-        folds=args.folds,
-        seed=config.seed,
-        n_jobs=args.n_jobs,
-        score=detection_rate,
-        log=log,
+    results, chosen, rule = selection.compare(
+        SELECTION_CANDIDATES, X, y, strata=y, groups=groups, args=args, seed=config.seed, score=detection_rate, log=log
     )
-    chosen, rule = selection.pick(results)
-    rows = []
-    for r in results:
-        single, bulk = selection.speed_text(r.speed)
-        auc = roc_auc_score(y, r.oof_proba[:, 1])
-        rows.append(
-            [
-                f"{r.candidate.name}{' (kept)' if r is chosen else ''}",
-                f"{r.mean:.4f} +- {r.sd:.4f}",
-                f"{min(r.fold_scores):.4f}",
-                f"{auc:.4f}",
-                f"{r.fit_seconds:.1f}",
-                single,
-                bulk,
-            ]
-        )
+    rows = [
+        selection.table_row(r, chosen, [f"{min(r.fold_scores):.4f}", f"{roc_auc_score(y, r.oof_proba[:, 1]):.4f}"])
+        for r in results
+    ]
     table = common.markdown_table(
         [
             "candidate",
             f"detection rate at FPR <= {config.max_fpr:.0%} (mean +- sd, {args.folds} folds)",
             "worst fold",
             "out-of-fold ROC-AUC",
-            "fit s / fold",
-            "ONNX single row (us)",
-            "ONNX bulk (us / row)",
+            *selection.SPEED_HEADER,
         ],
         rows,
     )
@@ -599,9 +574,7 @@ def run_selection(args: Any, config: ThreatConfig = ThreatConfig()) -> None:
         f"Folds: {args.folds}-fold StratifiedGroupKFold (seed {config.seed}) with every attack type one group, so "
         f"each fold is scored on attack types its training folds never saw, as KDDTest+ is. Criterion per fold: "
         f"share of the fold's attacks at or above the threshold that keeps {config.max_fpr:.0%} of the fold's "
-        f"normal rows above it (the serving threshold rule). Speeds: one ONNX Runtime thread, the last fold's "
-        f"model, best of {selection.SPEED_REPEATS} runs on this shared 2-core machine (noisy: a tie-break, not a "
-        f"benchmark; BENCHMARKS.md has the served figures)."
+        f"normal rows above it (the serving threshold rule)."
     )
     extra = (
         f"Calibration of the kept candidate's out-of-fold P(attack) (ECE over {CALIBRATION_BINS} equal-width bins; "
@@ -609,11 +582,12 @@ def run_selection(args: Any, config: ThreatConfig = ThreatConfig()) -> None:
     )
     directory = args.reports_dir or config.reports_dir or common.REPORTS_DIR / THREAT_MODEL_NAME
     selection.write_report(
-        directory / "selection.md",
+        directory,
         title="Threat detector: model selection on KDDTrain+ (cross-validated)",
         intro=intro,
         table=table,
         rule=rule,
         extra=extra,
+        chosen=chosen,
+        log=log,
     )
-    log(f"kept {chosen.candidate.name}; report {directory / 'selection.md'}")
