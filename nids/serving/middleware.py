@@ -165,11 +165,16 @@ class RequestGuard:
             message = f"request body of {int(length)} bytes; the limit is {limit} ({setting})"
             await send_json(send, 413, {"error": message})
             return
-        await self.app(scope, _bounded(receive, limit, setting), _unwrap_errors(send))
+        over: list[RequestTooLarge] = []  # set once a chunked body passed the limit
+        try:
+            await self.app(scope, _bounded(receive, limit, setting, over), _unwrap_errors(send, over))
+        except RequestTooLarge as error:  # raised by the body's reader, reached us unanswered
+            await send_json(send, 413, error.body())
 
 
-def _bounded(receive: Receive, limit: int, setting: str) -> Receive:
-    """Stop reading a body without Content-Length (chunked) once it passes the limit."""
+def _bounded(receive: Receive, limit: int, setting: str, over: list[RequestTooLarge]) -> Receive:
+    """Stop reading a body without Content-Length (chunked) once it passes the limit (and note it in `over`:
+    a form parser answers any failure of its reader with its own 400, which `_unwrap_errors` turns into this 413)."""
     seen = 0
 
     async def inner() -> Message:
@@ -177,13 +182,14 @@ def _bounded(receive: Receive, limit: int, setting: str) -> Receive:
         message = await receive()
         seen += len(message.get("body", b""))
         if seen > limit:
-            raise RequestTooLarge(f"request body over the limit of {limit} bytes ({setting})")
+            over[:] = [RequestTooLarge(f"request body over the limit of {limit} bytes ({setting})")]
+            raise over[0]
         return message
 
     return inner
 
 
-def _unwrap_errors(send: Send) -> Send:
+def _unwrap_errors(send: Send, over: list[RequestTooLarge]) -> Send:
     start: Message | None = None
 
     async def inner(message: Message) -> None:
@@ -193,6 +199,12 @@ def _unwrap_errors(send: Send) -> Send:
             return
         if start is not None and message["type"] == "http.response.body":
             body = message.get("body", b"")
+            if over:  # the body passed its limit while being read: whatever the parser answered, it is a 413
+                start["status"], body, message = (
+                    413,
+                    json.dumps(over[0].body()).encode(),
+                    {**message, "more_body": False},
+                )
             if not message.get("more_body", False):
                 body = _unwrapped(body)
                 start["headers"] = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]

@@ -14,13 +14,12 @@ it when it looks like an http(s) URL: in a multipart form (`-F file=http://...`)
 serving stack must not fetch what a caller points it at (server-side request forgery), nor read a path it
 names: `install()` makes both a 400 naming the field, before anything is fetched. Unreadable multipart bodies
 (no boundary, a part without a name) are mapped to 400 in nids.serving.errors. The patch applies to the pinned
-version only, as nids.serving.bentoml_fixes.
+version only; on any other, the service refuses to start (a guard that cannot apply fails closed).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections import Counter
 from typing import Any
@@ -35,7 +34,6 @@ from starlette.requests import Request
 from nids.core.errors import InvalidInput
 from nids.serving.bentoml_fixes import PATCHED_VERSION
 
-logger = logging.getLogger("nids.serving")
 _multipart_parse = MultipartSerde.parse_request
 _json_parse = JSONSerde.parse_request
 RULE = "file_upload"
@@ -131,12 +129,16 @@ async def _parse_json(self: JSONSerde, request: Request, cls: Any) -> Any:
     return await _json_parse(self, request, cls)
 
 
-def install() -> bool:
-    """Patch the pinned BentoML version's body parsing; True when in place."""
+def install() -> None:
+    """Patch the pinned BentoML version's body parsing. On any other version the guard cannot apply, and BentoML
+    would fetch a URL sent as a file field (SSRF): the service refuses to start (RuntimeError) rather than run
+    without it."""
     if bentoml.__version__ != PATCHED_VERSION:
-        logger.warning("bentoml %s is not %s: file fields keep BentoML's parsing", bentoml.__version__, PATCHED_VERSION)
-        return False
+        raise RuntimeError(
+            f"bentoml {bentoml.__version__} is not {PATCHED_VERSION}: the guard against file fields sent as URLs "
+            "(fetched by BentoML: SSRF) cannot be applied, so the service does not start; install bentoml=="
+            f"{PATCHED_VERSION}"
+        )
     MultipartSerde.parse_request = _parse_multipart  # type: ignore[method-assign]
     JSONSerde.parse_request = _parse_json  # type: ignore[method-assign]
     JSONSerde.deserialize_model = _deserialize_json  # type: ignore[method-assign]
-    return True

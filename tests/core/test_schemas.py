@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from nids.core.actions import AttackEvent
 from nids.core.features import ATTACK_FEATURE_BY_SNAKE, ATTACK_FEATURES, THREAT_FEATURES
 from nids.core.schemas import AnalyzeFlow, AttackFlow, ThreatFlow, flow_kind
 
@@ -115,3 +116,9 @@ def test_analyze_flows_dispatch_and_report_errors_per_kind() -> None:
         (1,): "unknown_flow",
         (2, "attack", " Destination Port"): "out_of_range",
     }
+
+
+@pytest.mark.parametrize("address", ["fe80::1%eth0", "fe80::1%x } ; flush ruleset", "10.0.0.1%1"])
+def test_an_ipv6_zone_id_is_refused_naming_it(address: str) -> None:
+    with pytest.raises(ValidationError, match="zone id"):
+        AttackEvent(attack_type="SSH-Patator", src_ip=address)
