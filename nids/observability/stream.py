@@ -42,42 +42,29 @@ class EventFilter(BaseModel):
         return self.source is None or prediction.source == self.source
 
 
-def original_parts(prediction: LoggedPrediction) -> dict[str, Any]:
-    """A logged prediction in the original system's parts: `traffic_data_id` and the threat prediction, attack
-    prediction and self-healing action with every field its documents show (`id`s, `attack_type_encoded`,
-    `action_params`, its `status` words), plus this project's own fields. Every part's `id` is the prediction's id
-    in the log, so each resolves through GET /api/v1/predictions/{id}."""
-    i, threat, attack, action = (
-        prediction.traffic_data_id,
-        prediction.threat_prediction,
-        prediction.attack_prediction,
-        prediction.self_healing_action,
-    )
+def original_parts(data: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a logged prediction (its JSON form) in the original system's shape: `traffic_data_id` and the
+    threat prediction, attack prediction and self-healing action with every field its documents show (`id`s,
+    `attack_type_encoded`, `action_params`, its `status` words; this project's status as `execution_status`).
+    Every part's `id` is the prediction's id in the log, so each resolves through GET /api/v1/predictions/{id}."""
+    i, attack, action = data["traffic_data_id"], data["attack_prediction"], data["self_healing_action"]
     return {
         "traffic_data_id": i,
-        "threat_prediction": {"id": i, **threat.model_dump(mode="json")},
+        "threat_prediction": {"id": i, **data["threat_prediction"]},
         "attack_prediction": None
         if attack is None
-        else {
-            "id": i,
-            "attack_type_encoded": ATTACK_CODES.get(attack.attack_type_name),
-            **attack.model_dump(mode="json"),
-        },
+        else {"id": i, "attack_type_encoded": ATTACK_CODES.get(attack["attack_type_name"]), **attack},
         "self_healing_action": None
         if action is None
-        else {
-            "id": i,
-            **action.model_dump(mode="json", exclude={"status"}),
-            "status": original_status(action.status),
-            "execution_status": action.status,
-        },
+        else {**action, "id": i, "status": original_status(action["status"]), "execution_status": action["status"]},
     }
 
 
 def prediction_event(prediction: LoggedPrediction) -> dict[str, Any]:
-    """The original system's `prediction` message; `data` is the logged prediction as the list API shows it."""
+    """The original system's `prediction` message: the logged prediction as the list API shows it (no features),
+    its parts in the original's shape."""
     data = prediction.model_dump(mode="json", exclude={"features"})
-    return {"type": "prediction", "timestamp": data["timestamp"], **original_parts(prediction), "data": data}
+    return {"type": "prediction", **data, **original_parts(data)}
 
 
 @dataclass(eq=False)  # one per connection, kept in a set by identity

@@ -174,8 +174,8 @@ def test_realtime_stream_sees_predictions_of_every_worker(server: Server, http: 
         deadline = time.monotonic() + 15
         while len(seen) < 20 and time.monotonic() < deadline:
             event = json.loads(client.recv())
-            if event["type"] == "prediction" and event["data"]["flow_id"].startswith("live-"):
-                seen[event["data"]["flow_id"]] = event["data"]
+            if event["type"] == "prediction" and event["flow_id"].startswith("live-"):
+                seen[event["flow_id"]] = event
         assert len(seen) == 20
         event = seen["live-0"]
         assert set(event) >= {"traffic_data_id", "threat_prediction", "attack_prediction", "self_healing_action"}
@@ -198,8 +198,8 @@ def test_many_clients_each_get_every_event(server: Server, http: httpx.Client) -
             got = []
             while len(got) < 5:
                 event = json.loads(client.recv())
-                if event["type"] == "prediction" and event["data"]["src_ip"] == "192.0.2.200":
-                    got.append(event["data"]["flow_id"])
+                if event["type"] == "prediction" and event["src_ip"] == "192.0.2.200":
+                    got.append(event["flow_id"])
             assert got == [flow["flow_id"] for flow in flows]  # in order
     finally:
         for client in clients:
@@ -230,7 +230,7 @@ def test_realtime_attacks_only_filter_and_bad_filter(server: Server, http: httpx
         assert post(http, "/analyze", {"flows": [{**ATTACK_FLOW, "flow_id": "attack"}]}).status_code == 200
         while (event := json.loads(client.recv()))["type"] != "prediction":
             pass
-        assert event["data"]["threat_prediction"]["is_attack"] is True
+        assert event["threat_prediction"]["is_attack"] is True
     finally:
         client.close()
     bad = websocket.create_connection(ws_url(server, "?attacks_only=perhaps"), timeout=10)

@@ -55,7 +55,7 @@ def test_a_replica_streams_and_counts_what_another_predicted(replicas: tuple[Ser
         while len(seen) < 3:
             event = json.loads(client.recv())
             if event["type"] == "prediction":
-                seen.add(event["data"]["flow_id"])
+                seen.add(event["flow_id"])
         assert seen == {"b-0", "b-1", "b-2"}
     finally:
         client.close()

@@ -120,7 +120,7 @@ def test_stream_drops_for_a_full_client_only(tmp_path: Path, models: ActiveModel
             hub.publish(prediction)
             while not reading.queue.empty():
                 event = reading.queue.get_nowait()
-                assert event["type"] == "prediction" and event["data"]["threat_prediction"]["is_attack"]
+                assert event["type"] == "prediction" and event["threat_prediction"]["is_attack"]
                 got += 1
         hub.unsubscribe(slow)
         hub.unsubscribe(reading)
