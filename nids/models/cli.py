@@ -1,4 +1,5 @@
-"""Model lifecycle without a server: `python -m nids.models.cli export|sign|verify|import|activate|deactivate|list`.
+"""Model lifecycle without a server: `python -m nids.models.cli export|sign|verify|import|import-bundle|sign-bundle|
+activate|deactivate|list`.
 
 The same settings as the service (NIDS_MODEL_SIGNING_KEY, NIDS_MODEL_STATE_URL / NIDS_HEALING_AUDIT_URL,
 NIDS_DATA_DIR, BENTOML_HOME), the same checks: import verifies the signature before anything is written to the
@@ -21,6 +22,7 @@ import bentoml
 from nids.core.errors import NIDSError
 from nids.core.settings import Settings, get_settings
 from nids.models.artifacts import load_model
+from nids.models.bundles import BundleRefused, file_signature, import_file, parse_profile
 from nids.models.lifecycle import Lifecycle
 from nids.models.packages import SigningNotConfigured, import_package, sign_package, verify_package, write_package
 from nids.models.registry import ModelRegistry
@@ -29,6 +31,15 @@ from nids.models.state import open_lifecycle_store
 
 def _key(settings: Settings) -> bytes | None:
     return settings.model_signing_key.get_secret_value().encode() if settings.model_signing_key else None
+
+
+def _signature(args: argparse.Namespace) -> str | None:
+    """--signature as hex or as a file holding it; else FILE.sig beside the file; else none (refused)."""
+    given = args.signature
+    path = Path(given) if given else args.file.with_name(args.file.name + ".sig")
+    if path.is_file():
+        return path.read_text(encoding="utf-8", errors="replace")
+    return given
 
 
 def _lifecycle(settings: Settings) -> Lifecycle:
@@ -52,12 +63,22 @@ def _parser() -> argparse.ArgumentParser:
     imported.add_argument("package", type=Path)
     imported.add_argument("--model-type", choices=["threat_detector", "attack_classifier"])
     imported.add_argument("--description", default="")
+    bundle = commands.add_parser(
+        "import-bundle", help="validate a signed .joblib/.pkl bundle or ZIP deployment package of the original system"
+    )
+    bundle.add_argument("file", type=Path)
+    bundle.add_argument("--profile", type=Path, help="the original's profile JSON (e.g. threat_detector_profile.json)")
+    bundle.add_argument("--model-type", choices=["threat_detector", "attack_classifier"], help="else the profile's")
+    bundle.add_argument("--signature", help="HMAC-SHA256 hex of the file, or a file holding it (default: FILE.sig)")
+    bundle.add_argument("--description", default="")
+    signer = commands.add_parser("sign-bundle", help="write FILE.sig: the HMAC-SHA256 of a bundle's or ZIP's bytes")
+    signer.add_argument("file", type=Path)
     activate = commands.add_parser("activate", help="verify a version, pass the gate, make it active everywhere")
-    activate.add_argument("tag")
+    activate.add_argument("tag", help="the store tag or the integer id")
     activate.add_argument("--force", action="store_true", help="pass the metric gate (needs --reason)")
     activate.add_argument("--reason")
     deactivate = commands.add_parser("deactivate", help="roll a type back to its previously active version")
-    deactivate.add_argument("tag")
+    deactivate.add_argument("tag", help="the store tag or the integer id")
     deactivate.add_argument("--reason")
     listing = commands.add_parser("list", help="the versions in the store and which is active")
     listing.add_argument("--model-type", choices=["threat_detector", "attack_classifier"])
@@ -79,6 +100,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, object]:
         if key is None:
             raise SigningNotConfigured("signing a model package")
         return {"signed": sign_package(args.package, args.out, key, limit), "path": str(args.out)}
+    if args.command == "sign-bundle":
+        key = _key(settings)
+        if key is None:
+            raise SigningNotConfigured("signing a model bundle")
+        out = args.file.with_name(args.file.name + ".sig")
+        out.write_text(file_signature(args.file, key) + "\n")
+        return {"signed": str(args.file), "signature_file": str(out)}
     if args.command == "verify":
         verified = verify_package(args.package, _key(settings), limit)
         return {"verified": verified.tag, "files": [entry.as_dict() for entry in verified.files]}
@@ -87,6 +115,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, object]:
         if args.command == "import":
             tag = import_package(args.package, _key(settings), limit, expected_name=args.model_type)
             return lifecycle.registered(tag, actor, args.description).model_dump(mode="json")
+        if args.command == "import-bundle":
+            profile = parse_profile(args.profile.read_bytes() if args.profile else None)
+            model_type = args.model_type or profile.get("model_type")
+            if model_type not in ("threat_detector", "attack_classifier"):
+                raise BundleRefused("give --model-type threat_detector|attack_classifier, or model_type in the profile")
+            imported = import_file(
+                args.file, args.file.name, model_type, _signature(args), _key(settings), limit, profile
+            )
+            return lifecycle.registered(imported.tag, actor, args.description).model_dump(mode="json")
         if args.command == "activate":
             entry = lifecycle.activate(args.tag, actor, force=args.force, reason=args.reason)
             return entry.model_dump(mode="json")

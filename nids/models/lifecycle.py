@@ -82,6 +82,11 @@ class ModelEntry(BaseModel):
     activated_by: str | None = None
     activated_at: float | None = None
     activation_reason: str | None = None
+    validation_results: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the checks an imported bundle passed (structure, features, test prediction, held-out metrics); "
+        "{} for a version trained here (its checks: reference_cases, metrics)",
+    )
 
 
 class ReplicaStatus(BaseModel):
@@ -359,6 +364,7 @@ class Lifecycle:
             activated_by=state.activated_by if is_active and state else None,
             activated_at=state.activated_at if is_active and state else None,
             activation_reason=state.reason if is_active and state else None,
+            validation_results=dict(metadata.get("validation_results") or {}),
         )
 
     def profile(self, model_type: str) -> dict[str, Any]:

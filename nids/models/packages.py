@@ -188,7 +188,9 @@ def _unpack(package: Path, target: Path, max_bytes: int, *, signature_required: 
     try:
         tar = tarfile.open(package, mode="r:*")  # noqa: SIM115 (closed by the `with tar` below)
     except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, OSError) as exc:
-        raise PackageRefused(f"the package is not a tar archive as `bentoml models export` writes ({exc})") from exc
+        raise PackageRefused(
+            f"the package is not a tar archive as `bentoml models export` writes ({type(exc).__name__})"
+        ) from exc
     files: list[FileEntry] = []
     seen: set[str] = set()
     signature: bytes | None = None

@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import websocket
 
-from nids.core.features import ATTACK_CLASSES
+from nids.core.features import ATTACK_CLASSES, THREAT_FEATURES
+from tests.models.test_bundles import sign, threat_bundle, write_bundle
 from training.data import CIC_ORIGINAL, NSL_KDD_TEST
 
 from .conftest import REPO, Server, copy_store, wait_for
@@ -194,7 +195,7 @@ def test_the_original_realtime_messages(server: Server, http: httpx.Client) -> N
         def both() -> bool:
             event = json.loads(client.recv())
             seen.setdefault(event["type"], event)
-            is_ours = event["type"] == "prediction" and event["data"]["flow_id"] == "compat-live"
+            is_ours = event["type"] == "prediction" and event["flow_id"] == "compat-live"
             if is_ours:
                 seen["ours"] = event
             return "ours" in seen and "ping" in seen
@@ -216,3 +217,96 @@ def test_the_original_realtime_messages(server: Server, http: httpx.Client) -> N
 def test_the_service_is_named_at_the_top_level() -> None:
     assert (REPO / "service.py").is_file() and (REPO / "nids" / "serving" / "service.py").is_file()
     assert 'service: "service:NIDSService"' in (REPO / "bentofile.yaml").read_text()
+
+
+# --- the model lifecycle: upload, activate, two-step rollback, ids ----------------------------------------------
+UPLOAD = (
+    'curl -X POST "http://localhost:8000/api/v1/models/upload" -F "file=@threat_detector_ensemble.joblib" '
+    '-F "model_type=threat_detector" -F "description=Ensemble ANN+LSTM trained on 2024-11-28" '
+    '-F "profile_config=@threat_detector_profile.json"'
+)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("original-bundle")
+    path = write_bundle(directory, threat_bundle())
+    (directory / "threat_detector_profile.json").write_text(json.dumps({"version": "20241201_143022"}))
+    (directory / "threat_detector_ensemble.joblib.sig").write_text(sign(path, SIGNING_KEY.encode()))
+    return directory
+
+
+def test_the_original_upload_line_refuses_an_unsigned_pickle_saying_how_to_sign(
+    server: Server, bundle_dir: Path
+) -> None:
+    status, body = curl(server, UPLOAD, token=True, cwd=bundle_dir)
+    assert status == 400 and "unsigned" in body["error"] and "sign-bundle" in body["error"], body
+
+
+def test_an_upload_that_is_no_package_is_a_clear_400(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "threat_detector_ensemble.bin").write_bytes(b"not a model at all\n" * 10)
+    line = UPLOAD.replace("threat_detector_ensemble.joblib", "threat_detector_ensemble.bin").replace(
+        ' -F "profile_config=@threat_detector_profile.json"', ""
+    )
+    status, body = curl(server, line, token=True, cwd=tmp_path)
+    assert status == 400 and "not a model package" in body["error"] and "\n" not in body["error"], body
+
+
+def test_the_original_upload_activate_and_two_step_rollback(
+    server: Server, http: httpx.Client, bundle_dir: Path
+) -> None:
+    signed = UPLOAD + ' -F "signature=<threat_detector_ensemble.joblib.sig"'
+    status, uploaded = curl(server, signed, token=True, cwd=bundle_dir)
+    assert status == 201, uploaded
+    assert missing_fields(uploaded, example("model_upload_response")) == []
+    assert isinstance(uploaded["id"], int) and uploaded["is_active"] is False
+    assert uploaded["model_type"] == "threat_detector" and uploaded["tag"].startswith("threat_detector:")
+    assert uploaded["expected_features"] == list(THREAT_FEATURES)
+    assert uploaded["validation_results"]["test_prediction"]["probabilities_sum_to_1"]
+    assert uploaded["description"] == "Ensemble ANN+LSTM trained on 2024-11-28"
+    previous = next(e for e in http.get("/api/v1/models/?model_type=threat_detector").json() if e["is_active"])
+    new_id, old_id = uploaded["id"], previous["id"]
+
+    status, activated = curl(
+        server, f'curl -X POST "http://localhost:8000/api/v1/models/{new_id}/activate"', token=True
+    )
+    if status == 409:  # the gate: this bundle's KDDTest+ F1 is below the active version's; force, as documented
+        status, activated = curl(
+            server,
+            f'curl -X POST "http://localhost:8000/api/v1/models/{new_id}/activate?force=true&reason=compat"',
+            token=True,
+        )
+    assert status == 200 and activated["is_active"] and activated["id"] == new_id, activated
+    verdict = wait_for(
+        lambda: (
+            (p := post(http, "/detect_threat", {"flows": [example("threat_message")]}).json()[0])["model_version"]
+            == uploaded["tag"]
+            and p
+        )
+    )
+    assert verdict["threshold"] == 0.5 and (verdict["prediction_score"] >= 0.5) == verdict["is_attack"]
+
+    # rollback, the original's two steps: deactivate the current version, then activate the previous one
+    status, rolled = curl(server, f'curl -X POST "http://localhost:8000/api/v1/models/{new_id}/deactivate"', token=True)
+    assert status == 200 and rolled["id"] == old_id and rolled["is_active"], rolled
+    status, again = curl(server, f'curl -X POST "http://localhost:8000/api/v1/models/{old_id}/activate"', token=True)
+    assert status == 200 and again["id"] == old_id and again["is_active"], again
+
+    status, listed = curl(server, 'curl "http://localhost:8000/api/v1/models/?model_type=threat_detector"')
+    assert status == 200 and {new_id, old_id} <= {e["id"] for e in listed}
+    status, one = curl(server, f'curl "http://localhost:8000/api/v1/models/{new_id}"')
+    assert status == 200 and one["tag"] == uploaded["tag"]
+    status, profile = curl(server, 'curl "http://localhost:8000/api/v1/models/profile/threat_detector"')
+    assert status == 200 and profile["active"]["id"] == old_id
+    status, storage = curl(server, 'curl "http://localhost:8000/api/v1/models/stats/storage"')
+    assert status == 200 and storage["by_model_type"]["threat_detector"]["versions"] >= 2
+    status, deleted = curl(
+        server, f'curl -X DELETE "http://localhost:8000/api/v1/models/{new_id}?delete_file=true"', token=True
+    )
+    assert status == 200 and deleted["deleted"] and deleted["file_deleted"], deleted
+    assert http.get(f"/api/v1/models/{new_id}").status_code == 404  # its id is never given to another version
+
+
+def test_a_write_without_the_admin_token_is_refused(server: Server) -> None:
+    status, body = curl(server, 'curl -X POST "http://localhost:8000/api/v1/models/1/activate"')
+    assert status == 401 and "token" in body["error"], body

@@ -25,6 +25,7 @@ from starlette.background import BackgroundTask
 from nids.core.budget import SlidingWindow
 from nids.core.errors import RequestTooLarge, TooManyRequests
 from nids.core.settings import get_settings
+from nids.models.bundles import import_file, parse_profile, upload_kind
 from nids.models.lifecycle import Lifecycle, ModelEntry, ReplicaStatus, parse_model_type
 from nids.models.packages import import_package, write_package
 from nids.models.state import LifecycleEvent
@@ -32,6 +33,7 @@ from nids.serving.auth import AdminCaller
 from nids.serving.errors import install_fastapi
 from nids.serving.routes.files import save_upload
 
+MAX_PROFILE_BYTES = 1024 * 1024
 app = FastAPI(title="nids-bento model lifecycle", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
 install_fastapi(app)
 
@@ -81,19 +83,34 @@ def events(
 def upload(
     service: Service,
     caller: AdminCaller,
-    file: Annotated[UploadFile, File(description="a signed package (python -m nids.models.cli export --sign)")],
+    file: Annotated[
+        UploadFile,
+        File(description="a signed .joblib/.pkl bundle or ZIP deployment package, or a signed package"),
+    ],
     model_type: Annotated[str, Form()],
     description: Annotated[str, Form(max_length=2000)] = "",
+    profile_config: Annotated[UploadFile | None, File(description="the original's profile JSON")] = None,
+    signature: Annotated[
+        str | None, Form(max_length=512, description="HMAC-SHA256 (hex) of the file's bytes: bundles and ZIPs")
+    ] = None,
 ) -> ModelEntry:
-    """Verify a signed package and add it to the store, inactive."""
+    """Verify a signed model file and add it to the store, inactive: a bundle or ZIP package of the original system
+    (signature over its bytes checked before anything is unpickled, then validated and converted), or a package."""
     parse_model_type(model_type, ("body", "model_type"))
     settings = get_settings()
     key = settings.model_signing_key.get_secret_value().encode() if settings.model_signing_key else None
+    limit = settings.model_max_package_bytes
     with tempfile.TemporaryDirectory(prefix="nids-upload-") as tmp:
-        package = Path(tmp) / "package.bentomodel"
-        save_upload(file, package, settings.model_max_package_bytes, "NIDS_MODEL_MAX_PACKAGE_BYTES")
-        tag = import_package(package, key, settings.model_max_package_bytes, expected_name=model_type)
-    return service.registered(tag, caller.label, description)
+        path = Path(tmp) / "upload"
+        save_upload(file, path, limit, "NIDS_MODEL_MAX_PACKAGE_BYTES")
+        with path.open("rb") as handle:
+            kind = upload_kind(file.filename, handle.read(512))
+        if kind == "package":
+            tag = import_package(path, key, limit, expected_name=model_type)
+            return service.registered(tag, caller.label, description)
+        profile = parse_profile(profile_config.file.read(MAX_PROFILE_BYTES) if profile_config is not None else None)
+        imported = import_file(path, file.filename, model_type, signature, key, limit, profile)
+    return service.registered(imported.tag, caller.label, description)
 
 
 @app.get("/{model_id}", response_model=ModelEntry)
