@@ -27,7 +27,7 @@ from nids.core.errors import RequestTooLarge, TooManyRequests
 from nids.core.settings import get_settings
 from nids.models.bundles import import_file, parse_profile, upload_kind
 from nids.models.lifecycle import Lifecycle, ModelEntry, ReplicaStatus, parse_model_type
-from nids.models.packages import import_package, write_package
+from nids.models.packages import SigningNotConfigured, import_package, write_package
 from nids.models.state import LifecycleEvent
 from nids.serving.auth import AdminCaller
 from nids.serving.errors import install_fastapi
@@ -98,7 +98,9 @@ def upload(
     (signature over its bytes checked before anything is unpickled, then validated and converted), or a package."""
     parse_model_type(model_type, ("body", "model_type"))
     settings = get_settings()
-    key = settings.model_signing_key.get_secret_value().encode() if settings.model_signing_key else None
+    if settings.model_signing_key is None:  # nothing is accepted unsigned: say so before reading the file
+        raise SigningNotConfigured("a model upload or import")
+    key = settings.model_signing_key.get_secret_value().encode()
     limit = settings.model_max_package_bytes
     with tempfile.TemporaryDirectory(prefix="nids-upload-") as tmp:
         path = Path(tmp) / "upload"
