@@ -484,7 +484,8 @@ class Lifecycle:
         else:
             self.store.note(tag, retired=True)
         self.store.record(actor, "delete" if delete_file else "retire", model_type=model_type, from_tag=tag)
-        return {"id": tag, "deleted": True, "file_deleted": delete_file}
+        alias = self.store.aliases([tag])[tag]  # kept after the version is gone: never given to another
+        return {"id": alias, "tag": tag, "deleted": True, "file_deleted": delete_file}
 
     def registered(self, tag: str, actor: str, description: str) -> ModelEntry:
         """Audit an upload (already verified and written to the store); it stays inactive."""

@@ -304,6 +304,7 @@ def test_the_original_upload_activate_and_two_step_rollback(
         server, f'curl -X DELETE "http://localhost:8000/api/v1/models/{new_id}?delete_file=true"', token=True
     )
     assert status == 200 and deleted["deleted"] and deleted["file_deleted"], deleted
+    assert (deleted["id"], deleted["tag"]) == (new_id, uploaded["tag"])
     assert http.get(f"/api/v1/models/{new_id}").status_code == 404  # its id is never given to another version
 
 

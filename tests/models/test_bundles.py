@@ -15,16 +15,17 @@ from typing import Any
 
 import bentoml
 import joblib
+import pandas as pd
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 
 from nids.core.encoding import to_matrix
-from nids.core.features import THREAT_CATEGORICAL, THREAT_FEATURES
+from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CATEGORICAL, THREAT_FEATURES
 from nids.models.artifacts import load_model
 from nids.models.bundles import BundleRefused, import_file, upload_kind
 from nids.models.cli import main
-from training.data import NSL_KDD_TRAIN, load_nsl_kdd, rows_of
+from training.data import NSL_KDD_TRAIN, load_cic_improved, load_cic_original, load_nsl_kdd, rows_of
 
 KEY = b"bundle-test-key"
 LIMIT = 64 * 1024 * 1024
@@ -204,3 +205,21 @@ def test_the_cli_imports_a_bundle_signed_beside_it(
     os.remove(str(bundle_file) + ".sig")
     assert main(["import-bundle", str(bundle_file), "--profile", str(profile)]) == 1
     assert "unsigned" in capsys.readouterr().err
+
+
+def test_a_signed_attack_classifier_bundle_is_scored_on_both_committed_samples(tmp_path: Path) -> None:
+    frames = [load_cic_original().frame, load_cic_improved().frame]
+    rows = pd.concat([frame.groupby("label").head(60) for frame in frames], ignore_index=True)
+    model = RandomForestClassifier(n_estimators=20, max_depth=12, random_state=12)
+    model.fit(to_matrix(rows_of(rows, ATTACK_FEATURES), ATTACK_FEATURES), rows["label"])
+    bundle = {"model": model, "feature_names": list(ATTACK_FEATURES), "class_labels": dict(enumerate(ATTACK_CLASSES))}
+    path = write_bundle(tmp_path, bundle, "attack_classifier.joblib")
+    imported = import_file(path, path.name, "attack_classifier", sign(path), KEY, LIMIT)
+    try:
+        holdout = imported.validation_results["held_out_metrics"]["holdout"]
+        assert set(holdout) == {"original", "corrected"} and all(m["macro_f1"] > 0.3 for m in holdout.values())
+        loaded = load_model(imported.tag)
+        assert loaded.class_names == ATTACK_CLASSES and loaded.threshold is None
+        assert all(r.passed for r in loaded.reference_results)
+    finally:
+        bentoml.models.delete(imported.tag)
