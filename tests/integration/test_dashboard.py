@@ -84,3 +84,37 @@ def test_dashboard_shows_a_prediction_live(server: Server, tmp_path: Path) -> No
             assert not errors, errors
         finally:
             browser.close()
+
+
+VIEWER_TOKEN = "dashboard-viewer-token"
+
+
+@pytest.fixture(scope="module")
+def guarded(model_store: Any, serve: Callable[..., Server]) -> Server:
+    """A server in the `required` mode: every read needs a token."""
+    return serve(model_store.home, NIDS_AUTH_MODE="required", NIDS_VIEWER_TOKEN=VIEWER_TOKEN)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (.ci/run installs it)")
+def test_dashboard_works_with_a_viewer_token_never_put_in_a_url(guarded: Server) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            urls: list[str] = []
+            page.on("request", lambda request: urls.append(request.url))
+            page.on("websocket", lambda ws: urls.append(ws.url))
+            page.goto(guarded.url + "/dashboard")
+            expect(page.locator("#auth")).to_be_visible(timeout=15_000)
+            expect(page.locator("#stream")).to_have_text("stream: needs a viewer token")
+            page.fill("#token", VIEWER_TOKEN)
+            page.click("#auth button")
+            expect(page.locator("#stream")).to_have_text("stream: live", timeout=15_000)
+            expect(page.locator("#threat-model")).to_contain_text("threat_detector:")
+            expect(page.locator("#auth")).to_be_hidden()
+            assert any("/ws/realtime?ticket=" in url for url in urls)
+            assert not [url for url in urls if VIEWER_TOKEN in url], "the token is never part of a URL"
+        finally:
+            browser.close()
