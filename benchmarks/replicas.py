@@ -30,6 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 HAPROXY_CONFIG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 SERVICE = yaml.safe_load((REPO / "bentofile.yaml").read_text())["service"]
 READY_SECONDS = 90
+# a container runs in the `required` auth mode (nids.serving.auth): every read and scoring call needs a viewer
+# token; every replica started here has this one, and every client here sends it
+VIEWER_TOKEN = "replicas-viewer-token"
+VIEWER = {"authorization": f"Bearer {VIEWER_TOKEN}"}
 
 
 class StartError(RuntimeError):
@@ -61,7 +65,7 @@ class Replica(ABC):
         return f"127.0.0.1:{self.port}"
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        return httpx.Client(base_url=self.url, timeout=30, headers=VIEWER)
 
     @abstractmethod
     def running(self) -> bool: ...
@@ -148,6 +152,7 @@ def start_container(
     """
     name = f"nids-{uuid.uuid4().hex[:10]}"
     port = free_port()
+    env = {"NIDS_VIEWER_TOKEN": VIEWER_TOKEN, **env}
     args = ["run", "-d", "--name", name]
     if host_network:
         args += ["--network", "host"]
@@ -202,6 +207,7 @@ def start_process(home: Path, workdir: Path, *, wait: str | None = "/readyz", **
         "BENTOML_HOME": str(home),
         "NIDS_DATA_DIR": str(workdir / "var"),
         "NIDS_HEALING_POLICY_FILE": str(REPO / "config" / "healing.yaml"),
+        "NIDS_VIEWER_TOKEN": VIEWER_TOKEN,
         **env,
     }
     bentoml = Path(sys.executable).parent / "bentoml"
@@ -331,7 +337,7 @@ async def paced(url: str, path: str, body: bytes, rate: float, seconds: float) -
     """Open loop: one request every 1/rate s for `seconds`, whatever the answers; every outcome, by send time."""
     outcomes: list[Outcome] = []
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers=VIEWER) as client:
         start = time.monotonic()
         tasks = []
         for n in range(int(rate * seconds)):
@@ -345,7 +351,8 @@ async def closed(url: str, path: str, body: bytes, users: int, seconds: float) -
     """Closed loop: `users` clients each sending the next request as soon as the last one was answered."""
     outcomes: list[Outcome] = []
     deadline = time.monotonic() + seconds
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=users)) as client:
+    limits = httpx.Limits(max_connections=users)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers=VIEWER) as client:
 
         async def user() -> None:
             while time.monotonic() < deadline:

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from benchmarks.replicas import (
+    VIEWER,
     Container,
     Haproxy,
     Outcome,
@@ -145,7 +146,7 @@ def test_requests_spread_over_both_replicas_and_never_reach_the_unverified_one(
 
 def test_the_audit_log_holds_both_replicas_actions(cluster: Cluster) -> None:
     decided: dict[str, set[str]] = {server: set() for server in REPLICAS}
-    with httpx.Client(base_url=cluster.balancer.url, timeout=30) as http:
+    with httpx.Client(base_url=cluster.balancer.url, timeout=30, headers=VIEWER) as http:
         for n in range(10):
             events = {"events": [{"attack_type": "SSH-Patator", "confidence": 0.97, "src_ip": f"198.51.100.{n + 1}"}]}
             response = http.post("/self_heal", json=events)
@@ -154,7 +155,7 @@ def test_the_audit_log_holds_both_replicas_actions(cluster: Cluster) -> None:
     assert all(decided.values()), decided
     everything = set.union(*decided.values())
     for replica in cluster.replicas:  # each replica lists the other's decisions too: one shared log
-        listed = httpx.post(f"{replica.url}/healing_actions", json={"limit": 1000}, timeout=30).json()
+        listed = httpx.post(f"{replica.url}/healing_actions", json={"limit": 1000}, headers=VIEWER, timeout=30).json()
         assert everything <= {record["action_id"] for record in listed}
 
 
