@@ -96,7 +96,7 @@ class PredictionQuery(TimeWindow):
     attack_type: str | None = Field(None, description="predicted attack type, e.g. 'DDoS' or 'BENIGN'")
     src_ip: IpAddress = Field(None, description="source address")
     source: Source | None = None
-    before_id: int | None = Field(None, ge=1, description="keyset page: predictions older than this id")
+    before_id: int | None = Field(None, ge=1, le=2**63 - 1, description="keyset page: predictions older than this id")
     skip: int = Field(0, ge=0, le=100_000, description="offset page: skip this many (newest first)")
     limit: int = Field(100, ge=1, le=MAX_PAGE)
     include_features: bool = Field(True, description="include each flow's features")

@@ -164,6 +164,9 @@ def test_the_original_csv_upload_answers_in_its_shape_with_ids_that_resolve(
         assert logged.json()["attack_prediction"]["attack_type_name"] == row["attack_prediction"]["attack_type_name"]
         assert logged.json()["self_healing_action"]["action_params"] == row["self_healing_action"]["action_params"]
     assert http.get("/api/v1/predictions/999999999").status_code == 404
+    beyond = http.get(f"/api/v1/predictions/{2**64}")  # past a database integer: refused, never a 500
+    assert beyond.status_code == 400 and beyond.json()["detail"][0]["loc"] == ["path", "prediction_id"]
+    assert http.get("/api/v1/predictions", params={"before_id": 2**64}).status_code == 400
 
 
 def test_a_threat_csv_upload_scores_on_the_original_scale(server: Server, tmp_path: Path) -> None:

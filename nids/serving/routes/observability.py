@@ -88,7 +88,7 @@ def prediction_stats(window: Annotated[TimeWindow, Query()]) -> PredictionStats:
 
 
 @api.get("/predictions/{prediction_id}")
-def get_prediction(prediction_id: Annotated[int, PathParam(ge=1)]) -> LoggedPrediction:
+def get_prediction(prediction_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)]) -> LoggedPrediction:
     """One logged prediction with its features: the id of any part of an original-shape answer (traffic_data,
     threat_prediction, attack_prediction, self_healing_action) or a live event's traffic_data_id."""
     observability = _observability()
