@@ -29,8 +29,10 @@ serve: train-if-empty
 stream: train-if-empty  # the Kafka stream worker (docs/stream.md): NIDS_KAFKA_BOOTSTRAP_SERVERS=host:9092 make stream
 	$(BIN)/python -m nids.stream
 
+# parallel workers (pytest-xdist): some tests wait on servers and brokers, so twice the cores keeps both busy
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports

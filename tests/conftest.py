@@ -1,11 +1,17 @@
-"""Shared fixtures. The whole test session uses a temporary BentoML store, never the user's ~/bentoml.
+"""Shared fixtures. The whole test session uses temporary BentoML stores, never the user's ~/bentoml.
 
 BentoML resolves BENTOML_HOME lazily (on first use of the store), so setting it here, when pytest imports
 this file and before any test touches the store, isolates every test, and every subprocess a test starts.
+
+Under pytest-xdist (`make test` runs `-n auto --dist loadscope`) every worker process has a store of its own
+(tests add and delete versions in their worker's store, unseen by the others) and the models are trained once
+per session: the first worker to ask trains them under a file lock, the others copy them into their store.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -15,9 +21,42 @@ from pathlib import Path
 
 import pytest
 
-# one store per session, even if this module is imported twice (as `conftest` and as `tests.conftest`)
-_STORE = Path(os.environ.setdefault("NIDS_TEST_SESSION_STORE", tempfile.mkdtemp(prefix="nids-test-bentoml-")))
+# one directory per session, even if this module is imported twice (as `conftest` and as `tests.conftest`);
+# the xdist workers inherit it from the controller's environment, and only the process that made it removes it
+if "NIDS_TEST_SESSION_DIR" not in os.environ:
+    os.environ["NIDS_TEST_SESSION_DIR"] = tempfile.mkdtemp(prefix="nids-test-session-")
+    os.environ["NIDS_TEST_SESSION_OWNER"] = str(os.getpid())
+_SESSION = Path(os.environ["NIDS_TEST_SESSION_DIR"])
+_STORE = _SESSION / os.environ.get("PYTEST_XDIST_WORKER", "main") / "bentoml"
+_STORE.mkdir(parents=True, exist_ok=True)
 os.environ["BENTOML_HOME"] = str(_STORE)
+_TRAINED = _SESSION / "trained"  # the session's models, trained once, and their tags
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """How `make test` spreads the tests over xdist workers (`--dist loadgroup --no-loadscope-reorder`):
+    - a module's tests run on one worker, so that its module-scoped fixtures (a server, a broker) start once;
+      a module marked `spread` shares no such fixture, and its tests go to whichever worker is free;
+    - modules with a `long_running` test are handed out first, so that no long test starts last and runs alone.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and item.get_closest_marker("spread") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    long_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("long_running")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in long_modules)  # stable: modules stay together
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI (CI=true, set by .ci/run) a skipped test fails: CI installs every tool the tests need, so a skip
+    there means a tool is missing, which must not pass unnoticed."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI", "").lower() == "true" and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every tool the tests need is installed: {reason}"
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +70,8 @@ def fresh_settings() -> Iterator[None]:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    shutil.rmtree(_STORE, ignore_errors=True)
+    if os.environ.get("NIDS_TEST_SESSION_OWNER") == str(os.getpid()):  # the xdist controller, after its workers
+        shutil.rmtree(_SESSION, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -58,13 +98,24 @@ def training_slices() -> dict[str, dict[str, int]]:
 def model_store() -> TrainedModels:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    from training.attack import AttackConfig, train_attack
-    from training.threat import ThreatConfig, train_threat
-
     assert Path(BentoMLContainer.bentoml_home.get()) == _STORE, "BentoML store is not the test session's"
-    threat = train_threat(ThreatConfig(reports_dir=None, **THREAT_SLICE))
-    attack = train_attack(AttackConfig(reports_dir=None, **ATTACK_SLICE))
-    return TrainedModels(home=_STORE, threat_tag=threat.model.tag, attack_tag=attack.model.tag)
+    tags = _TRAINED / "tags.json"
+    with (_SESSION / "trained.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if tags.is_file():
+            shutil.copytree(_TRAINED, _STORE / "models", dirs_exist_ok=True, ignore=shutil.ignore_patterns("tags.json"))
+        else:
+            from training.attack import AttackConfig, train_attack
+            from training.threat import ThreatConfig, train_threat
+
+            threat = train_threat(ThreatConfig(reports_dir=None, **THREAT_SLICE))
+            attack = train_attack(AttackConfig(reports_dir=None, **ATTACK_SLICE))
+            for tag in (threat.model.tag, attack.model.tag):
+                name = tag.split(":")[0]
+                shutil.copytree(_STORE / "models" / name, _TRAINED / name)
+            tags.write_text(json.dumps({"threat": threat.model.tag, "attack": attack.model.tag}))
+    trained = json.loads(tags.read_text())
+    return TrainedModels(home=_STORE, threat_tag=trained["threat"], attack_tag=trained["attack"])
 
 
 _AUTO_METADATA = {"files", "library_versions", "git_commit", "created_at", "reference_case_count", "inference_forms"}

@@ -24,6 +24,7 @@ def _open_and_write(path: str, start: Any, errors: multiprocessing.Queue) -> Non
         errors.put(repr(error))
 
 
+@pytest.mark.long_running
 def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
     """Switching to WAL ignores SQLite's busy timeout: before the retry, ~1 opening in 40 failed 'database is locked'
     (a worker of a fresh `make serve` on 2 cores failed to start)."""

@@ -1,10 +1,8 @@
-"""Bad input never reaches a 500: hand-found cases and property-based fuzzing of the served OpenAPI spec."""
+"""Bad input never reaches a 500: hand-found cases (the property-based fuzzing of the spec: test_fuzz.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,9 +32,6 @@ POST_APIS = [
     "healing_revert",
     "healing_enforcement",
 ]
-# generated cases per operation and phase: ~2,000 requests, about a minute on 2 shared cores
-FUZZ_EXAMPLES = 25
-FUZZ_SEED = 12
 
 
 @pytest.fixture(scope="module")
@@ -164,25 +159,3 @@ def test_an_empty_csv_is_a_400(http: httpx.Client) -> None:
     response = http.post("/analyze_csv", files={"file": ("empty.csv", b"", "text/csv")})
     assert response.status_code == 400, response.text
     assert response.json()["detail"][0]["loc"] == ["file"]
-
-
-def test_fuzzing_the_openapi_spec_finds_no_server_error(server: Server, tmp_path: Path) -> None:
-    """schemathesis against /docs.json: every operation, bounded examples, fixed seed; any 5xx fails."""
-    command = [
-        str(Path(sys.executable).parent / "st"),
-        "run",
-        f"{server.url}/docs.json",
-        "--checks",
-        "not_a_server_error",
-        "--max-examples",
-        str(FUZZ_EXAMPLES),
-        "--seed",
-        str(FUZZ_SEED),
-        "--workers",
-        "1",
-        "--no-shrink",
-    ]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-6000:]
-    assert "passed" in done.stdout
-    assert "Traceback" not in server.log.read_text()

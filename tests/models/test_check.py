@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import bentoml
+import pytest
 
 from nids.models.artifacts import ESTIMATOR_FILE, ONNX_FILE, load_reference_cases
+
+pytestmark = [pytest.mark.spread, pytest.mark.long_running]  # a subprocess per test
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,8 @@ import pytest
 
 from tests.stream.conftest import PARTITIONS, Answers, Source, Stream, attack_records, threat_records
 
+pytestmark = [pytest.mark.spread, pytest.mark.long_running]  # a broker per test: none shared by the module
+
 # small batches make a stream of a few thousand records last long enough to be interrupted mid-way
 SMALL_BATCHES = {"NIDS_STREAM_BATCH_SIZE": "20"}
 OUT = 'nids_stream_records_out_total{topic="network-predictions"}'

@@ -22,6 +22,8 @@ from nids.models.registry import ModelRegistry
 from nids.models.state import open_lifecycle_store
 from tests.stream.conftest import FIXTURES, ROOT, Stream, attack_records, threat_records
 
+pytestmark = pytest.mark.spread  # a broker per test: none shared by the module
+
 RULE_CASES: list[dict[str, Any]] = json.loads((FIXTURES / "validation_cases.json").read_text())
 SNAKE_ATTACK_FLOWS: list[dict[str, Any]] = json.loads((ROOT / "loadtest/payloads/attack_flows.json").read_text())[
     "flows"

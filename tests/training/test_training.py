@@ -15,6 +15,8 @@ from training.data import CIC_IMPROVED, CIC_ORIGINAL, LABEL, NSL_KDD_TEST, load_
 from training.evaluation import fpr_threshold
 from training.threat import ThreatConfig, train_threat
 
+pytestmark = pytest.mark.long_running
+
 
 def test_fpr_threshold_is_the_lowest_within_the_bound(model_store):
     model = load_model(model_store.threat_tag)
