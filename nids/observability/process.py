@@ -76,6 +76,7 @@ class PredictionLogProcess:
         self._wake = threading.Event()
         self._closing = False
         self._alive = True
+        self.sent_rows = 0  # handed to the writer process so far (written by it even if this process dies now)
         self._sender = threading.Thread(target=self._send, name="prediction-log-sender", daemon=True)
         self._receiver = threading.Thread(target=self._receive, name="prediction-log-counts", daemon=True)
         self._sender.start()
@@ -101,6 +102,7 @@ class PredictionLogProcess:
             try:
                 if batches:
                     self._conn.send_bytes(pickle.dumps(batches, protocol=pickle.HIGHEST_PROTOCOL))
+                    self.sent_rows += sum(map(len, batches))
                 if closing:
                     self._conn.send_bytes(CLOSE)
                     return

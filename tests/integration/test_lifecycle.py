@@ -34,14 +34,15 @@ from training.data import CIC_ORIGINAL
 
 from .conftest import BENTOML, REPO, Server, copy_store
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.long_running]
 
 ADMIN_TOKEN = "lifecycle-admin-token"
 SENSOR_TOKEN = "lifecycle-sensor-token"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 SENSOR = {"authorization": f"Bearer {SENSOR_TOKEN}"}
 SIGNING_KEY = "lifecycle-signing-key"
-SWITCH_SECONDS = 5.0
+# a worker follows a switch at its next sync (every second): a deadline to wait within on a loaded machine, not a figure
+SWITCH_DEADLINE = 60.0
 MODELS = "/api/v1/models"
 
 
@@ -152,11 +153,11 @@ def served_version(url: str) -> tuple[int, str | None]:
 
 
 class Prober:
-    """Calls /detect_threat continuously in the background, recording (monotonic time, status, version)."""
+    """Calls /detect_threat continuously in the background, recording (status, version) of each call."""
 
     def __init__(self, *urls: str) -> None:
         self.urls = urls
-        self.calls: list[tuple[float, int, str | None]] = []
+        self.calls: list[tuple[int, str | None]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -164,12 +165,11 @@ class Prober:
         i = 0
         while not self._stop.is_set():
             url = self.urls[i % len(self.urls)]
-            started = time.monotonic()
             try:
                 status, version = served_version(url)
             except httpx.TransportError:
                 status, version = 0, None
-            self.calls.append((started, status, version))
+            self.calls.append((status, version))
             i += 1
 
     def __enter__(self) -> Prober:
@@ -180,16 +180,21 @@ class Prober:
         self._stop.set()
         self._thread.join(timeout=20)
 
-    def wait_for(self, version: str, since: float, quiet_seconds: float = 1.5) -> float:
-        """Seconds from `since` until every call started after that point answered `version` for a while."""
-        deadline = since + SWITCH_SECONDS + 10
-        while time.monotonic() < deadline:
-            late = [c for c in self.calls if c[0] >= time.monotonic() - quiet_seconds]
-            if len(late) >= 5 and all(c[2] == version for c in late):
-                break
+    def wait_calls(self, count: int) -> None:
+        """Wait until `count` more calls have been answered."""
+        target = len(self.calls) + count
+        deadline = time.monotonic() + SWITCH_DEADLINE
+        while len(self.calls) < target:
+            assert time.monotonic() < deadline, f"fewer than {count} calls in {SWITCH_DEADLINE} s"
+            time.sleep(0.05)
+
+    def wait_for(self, version: str, calls: int = 10) -> None:
+        """Wait until the last `calls` calls (fresh connections, so every worker answers some) all answered
+        `version`."""
+        deadline = time.monotonic() + SWITCH_DEADLINE
+        while [answer for _, answer in self.calls[-calls:]] != [version] * calls:
+            assert time.monotonic() < deadline, f"{version} is not served by every worker after {SWITCH_DEADLINE} s"
             time.sleep(0.1)
-        stale = [c[0] for c in self.calls if c[0] >= since and c[2] != version]
-        return (max(stale) - since) if stale else 0.0
 
 
 def workers_that_answered(server: Server, path: str) -> set[str]:
@@ -198,12 +203,13 @@ def workers_that_answered(server: Server, path: str) -> set[str]:
     return {match.group(1) for match in map(pattern.search, server.log.read_text().splitlines()) if match}
 
 
-def switch_and_measure(prober: Prober, do: Callable[[], httpx.Response], version: str) -> tuple[httpx.Response, float]:
-    time.sleep(1.0)  # calls before the switch
-    since = time.monotonic()
+def switch(prober: Prober, do: Callable[[], httpx.Response], version: str) -> httpx.Response:
+    """Switch with calls going on before, during and after, until every worker serves `version`."""
+    prober.wait_calls(5)  # calls before the switch
     response = do()
     assert response.status_code == 200, response.text
-    return response, prober.wait_for(version, since)
+    prober.wait_for(version)
+    return response
 
 
 def test_list_get_profile_and_storage_agree_with_the_store(http: httpx.Client, versions: Versions) -> None:
@@ -272,19 +278,17 @@ def test_activation_switches_both_workers_without_a_failed_request(
     http: httpx.Client, server: Server, versions: Versions
 ) -> None:
     with Prober(server.url) as prober:
-        response, took = switch_and_measure(
+        response = switch(
             prober, lambda: http.post(f"{MODELS}/{versions.threat_new}/activate", headers=ADMIN), versions.threat_new
         )
         assert response.json()["is_active"] and response.json()["activated_by"] == "admin"
-        assert took < SWITCH_SECONDS
         metrics = http.get("/metrics").text
-        back, took_back = switch_and_measure(
+        back = switch(
             prober, lambda: http.post(f"{MODELS}/{versions.threat_new}/deactivate", headers=ADMIN), versions.threat
         )
         assert back.json()["tag"] == versions.threat and back.json()["is_active"]
-        assert took_back < SWITCH_SECONDS
     assert len(prober.calls) > 20
-    assert [c for c in prober.calls if c[1] != 200] == []  # no failed request during either switch
+    assert [status for status, _ in prober.calls if status != 200] == []  # no failed request during either switch
     assert workers_that_answered(server, "/detect_threat") == {"1", "2"}  # the prober reached both workers
     assert f'tag="{versions.threat_new}"}} 1.0' in metrics and f'tag="{versions.threat}"}} 0.0' in metrics
     events = http.get(f"{MODELS}/events/audit", params={"model_type": THREAT_MODEL_NAME}).json()
@@ -327,12 +331,12 @@ def test_the_gate_refuses_a_worse_model_and_force_needs_a_reason(
 
 
 def served_by_all(server: Server, version: str, calls: int = 8) -> None:
-    """Wait (at most SWITCH_SECONDS) until `calls` fresh connections in a row are all answered by `version`: each
+    """Wait (at most SWITCH_DEADLINE) until `calls` fresh connections in a row are all answered by `version`: each
     worker follows a switch within its next sync (every second), so right after one a worker may still answer
     with the previous version."""
-    deadline = time.monotonic() + SWITCH_SECONDS
+    deadline = time.monotonic() + SWITCH_DEADLINE
     while [served_version(server.url) for _ in range(calls)] != [(200, version)] * calls:
-        assert time.monotonic() < deadline, f"{version} is not served by every worker after {SWITCH_SECONDS} s"
+        assert time.monotonic() < deadline, f"{version} is not served by every worker after {SWITCH_DEADLINE} s"
         time.sleep(0.2)
 
 
@@ -446,7 +450,7 @@ def test_a_replica_that_cannot_load_the_active_version_keeps_its_own_and_says_wh
     try:
         state = store.active()[THREAT_MODEL_NAME]
         assert store.switch(state, "threat_detector:notinthisstore", [*state.history, state.tag], "other", "test")
-        deadline = time.monotonic() + SWITCH_SECONDS
+        deadline = time.monotonic() + SWITCH_DEADLINE
         while time.monotonic() < deadline and "notinthisstore" not in http.get("/readyz").text:
             time.sleep(0.2)
         ready = http.get("/readyz")
@@ -459,7 +463,7 @@ def test_a_replica_that_cannot_load_the_active_version_keeps_its_own_and_says_wh
         state = store.active()[THREAT_MODEL_NAME]
         store.switch(state, versions.threat, state.history[:-1], "other", "test over")
         store.close()
-    deadline = time.monotonic() + SWITCH_SECONDS
+    deadline = time.monotonic() + SWITCH_DEADLINE
     while time.monotonic() < deadline and http.get("/readyz").headers.get("content-type") == "application/json":
         time.sleep(0.2)
     assert "notinthisstore" not in http.get("/readyz").text

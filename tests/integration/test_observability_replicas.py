@@ -20,7 +20,7 @@ import websocket
 from ..healing.conftest import PG_URL, postgres_reachable
 from .conftest import Server
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.long_running]
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ATTACK_FLOW: dict[str, Any] = json.loads((FIXTURES / "original_attack_flow.json").read_text())

@@ -26,7 +26,7 @@ def _url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _rows_in(path: Path, expected: int, seconds: float = 20) -> int:
+def _rows_in(path: Path, expected: int, seconds: float = 120) -> int:
     store = PredictionStore(SqliteDatabase(path))
     deadline = time.monotonic() + seconds
     while (n := store.last_id()) < expected and time.monotonic() < deadline:
@@ -48,7 +48,7 @@ def test_batches_are_written_by_a_lower_priority_process_and_counted(
     written: list[int] = []
     log = PredictionLogProcess(_url(tmp_path / "log.sqlite3"), "nids_", flush_seconds=0.05,
                                on_written=written.append)  # fmt: skip
-    deadline = time.monotonic() + 20  # the child lowers its own priority once started
+    deadline = time.monotonic() + 120  # the child lowers its own priority once started
     while os.sched_getscheduler(_writer().pid) != os.SCHED_IDLE and time.monotonic() < deadline:
         time.sleep(0.05)
     assert os.sched_getscheduler(_writer().pid) == os.SCHED_IDLE, "runs only on spare CPU"
@@ -93,8 +93,11 @@ WORKER = """
 import pickle, sys, time
 from nids.observability.process import PredictionLogProcess
 log = PredictionLogProcess(sys.argv[1], "nids_", flush_seconds=60)
-for item in pickle.load(open(sys.argv[2], "rb")):
+batches = pickle.load(open(sys.argv[2], "rb"))
+for item in batches:
     log.record(item)
+while log.sent_rows < sum(map(len, batches)):  # handed over to the writer process
+    time.sleep(0.01)
 print("recorded", flush=True)
 time.sleep(600)
 """
@@ -103,14 +106,14 @@ time.sleep(600)
 def test_a_killed_worker_leaves_no_writer_and_loses_nothing_handed_over(
     tmp_path: Path, models: ActiveModels, flows: Any
 ) -> None:
-    """The worker is killed right after recording: the child writes what it had received, then exits."""
+    """The worker is killed right after handing its batches over: the child writes what it had received, then
+    exits."""
     batches = tmp_path / "batches.pickle"
     batches.write_bytes(pickle.dumps([batch(models, flows) for _ in range(5)]))
     worker = subprocess.Popen([sys.executable, "-c", WORKER, _url(tmp_path / "log.sqlite3"), str(batches)],
                               stdout=subprocess.PIPE)  # fmt: skip
     assert worker.stdout is not None and worker.stdout.readline() == b"recorded\n"
     (child,) = psutil.Process(worker.pid).children()
-    time.sleep(0.5)  # the sender hands the batches over
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
     child.wait(20)  # flush_seconds=60: only the end of the socket makes it write now and exit
