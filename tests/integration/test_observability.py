@@ -131,11 +131,15 @@ def test_stats_time_window_and_list_filters(http: httpx.Client) -> None:
     typed = http.get("/api/v1/predictions", params={"attack_type": "SSH-Patator", "include_features": False}).json()
     assert typed and all(row["attack_prediction"]["attack_type_name"] == "SSH-Patator" for row in typed)
     assert all(row["features"] is None for row in typed)
-    first = http.get("/api/v1/predictions", params={"limit": 3}).json()
-    page = http.get("/api/v1/predictions", params={"limit": 3, "before_id": first[-1]["traffic_data_id"]}).json()
+
+    def next_page() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        first = http.get("/api/v1/predictions", params={"limit": 3}).json()
+        page = http.get("/api/v1/predictions", params={"limit": 3, "before_id": first[-1]["traffic_data_id"]}).json()
+        skipped = http.get("/api/v1/predictions", params={"limit": 3, "skip": 3}).json()
+        return (first, page) if skipped == page else None  # unless a row was logged between the reads: both agree
+
+    first, page = wait_for(next_page)  # the earlier tests' rows may still be on their way to the log
     assert page[0]["traffic_data_id"] < first[-1]["traffic_data_id"]
-    skipped = http.get("/api/v1/predictions", params={"limit": 3, "skip": 3}).json()
-    assert skipped == page  # nothing was logged in between: both are the next page
 
 
 @pytest.mark.parametrize(

@@ -116,5 +116,5 @@ def test_a_killed_worker_leaves_no_writer_and_loses_nothing_handed_over(
     (child,) = psutil.Process(worker.pid).children()
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
-    child.wait(20)  # flush_seconds=60: only the end of the socket makes it write now and exit
+    child.wait(120)  # flush_seconds=60: only the end of the socket makes it write now and exit
     assert _rows_in(tmp_path / "log.sqlite3", 5 * len(flows), seconds=0) == 5 * len(flows)
