@@ -58,7 +58,8 @@ from training.families import (
 )
 from training.selection import near_duplicate_groups
 
-BASELINE = RANDOM_FOREST  # the seed system's forest (no class weights), at the config's size
+BASELINE = RANDOM_FOREST  # the seed system's forest (no class weights, depth <= 20), at the config's size
+BASELINE_MAX_DEPTH = 20
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ class ThreatConfig:
     family: str = RANDOM_FOREST
     class_weight: str | None = "balanced"
     n_estimators: int = 100
-    max_depth: int | None = 20
-    min_samples_leaf: int = 1
+    max_depth: int | None = None
+    min_samples_leaf: int = 3
     calibration: str | None = "sigmoid"  # or isotonic; none = serve the raw scores
     calibration_fraction: float = 0.5  # share of the validation split the calibrator is fitted on
     n_jobs: int = -1  # training only; the stored estimator predicts with n_jobs=1
@@ -88,7 +89,9 @@ class ThreatConfig:
 
     @property
     def baseline(self) -> Candidate:
-        return Candidate(BASELINE, None, self.n_estimators, self.max_depth)
+        return Candidate(
+            BASELINE, None, self.n_estimators, min(BASELINE_MAX_DEPTH, self.max_depth or BASELINE_MAX_DEPTH)
+        )
 
 
 @dataclass

@@ -75,17 +75,35 @@ def test_cross_fitted_calibration_fixes_overconfident_scores():
     assert after < before / 3
 
 
-def test_served_models_are_calibrated_on_rows_they_were_not_trained_on(model_store):
+def test_threat_scores_are_calibrated_on_rows_the_model_never_trained_on(model_store):
     import joblib
 
-    for tag in (model_store.threat_tag, model_store.attack_tag):
-        model = get_store_model(tag)
-        metadata = model.info.metadata
-        assert metadata["calibration"]["method"] == "sigmoid"
-        assert (
-            "never trained on them" in metadata["calibration"]["rule"]
-            or "validation split" in (metadata["calibration"]["rule"])
-        )
-        estimator = joblib.load(model.path_of(ESTIMATOR_FILE))
-        assert isinstance(estimator, CalibratedClassifierCV) and len(estimator.calibrated_classifiers_) == 1
-        assert metadata["onnx_parity"]["stored"]
+    model = get_store_model(model_store.threat_tag)
+    metadata = model.info.metadata
+    assert metadata["calibration"]["method"] == "sigmoid" and "validation split" in metadata["calibration"]["rule"]
+    assert metadata["score"] == "P(attack), calibrated" and "calibrated P(attack)" in metadata["threshold_rule"]
+    estimator = joblib.load(model.path_of(ESTIMATOR_FILE))
+    assert isinstance(estimator, CalibratedClassifierCV) and len(estimator.calibrated_classifiers_) == 1
+    assert metadata["onnx_parity"]["stored"]
+    assert set(metadata["calibration"]["ece"]) >= {"validation check half, uncalibrated", "KDDTest+, calibrated"}
+
+
+def test_attack_confidence_says_whether_it_is_calibrated(model_store):
+    metadata = get_store_model(model_store.attack_tag).info.metadata
+    assert metadata["calibration"]["method"] == "none"  # the default: sigmoid made it worse out of fold
+    assert metadata["confidence"] == "largest raw probability"
+    assert all(name.endswith("uncalibrated") for name in metadata["calibration"]["ece"])
+
+
+def test_attack_classifier_calibrated_on_carved_rows_keeps_its_onnx_parity(training_slices):
+    from training.attack import AttackConfig, train_attack
+
+    config = AttackConfig(
+        model_name="calibrated_attack", reports_dir=None, calibration="sigmoid", **training_slices["attack"]
+    )
+    result = train_attack(config)
+    metadata = result.model.metadata
+    assert metadata["confidence"] == "largest class probability, calibrated"
+    assert "never trained on them" in metadata["calibration"]["rule"]
+    assert metadata["onnx_parity"]["stored"] and result.model.inference_form == "onnx"
+    assert metadata["training_params"]["calibrated"] == "CalibratedClassifierCV(method='sigmoid')"
