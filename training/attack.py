@@ -333,7 +333,9 @@ def _metadata(
             kept,
             BASELINE.name,
             "grouped cross-validation on the training rows (python -m training.selection attack; "
-            "reports/attack_classifier/selection.md); the held-out rows scored once",
+            "reports/attack_classifier/selection.md): the best mean macro-F1 among the candidates with an ONNX form; "
+            "the report's speed tie-break picked extra trees, measured 1.3-1.7x slower per row than this forest in "
+            "the same-run benchmark (BENCHMARKS.md), over the 1.2x budget; the held-out rows scored once",
             chosen.estimator,
             config,
         ),
