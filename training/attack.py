@@ -289,7 +289,8 @@ def _calibration_report(
             f"normalised) fitted on {rows} training rows carved out before fitting ({config.calibration_fraction:.0%} "
             f"of each release and class, stratified, seed {config.seed}); the model never trained on them"
             if config.calibration
-            else "not calibrated: the confidence is the model's raw probability"
+            else "not calibrated: the confidence is the model's raw probability (out of fold, selection.md, a "
+            "sigmoid calibration raised its ECE and isotonic has no ONNX form within the parity tolerance)"
         ),
         "ece": {name: curve["ece"] for name, curve in curves.items()},
         "curves": curves,
@@ -447,7 +448,7 @@ def _evaluation_markdown(result: AttackResult, metadata: dict[str, Any], has_cur
 {_transfer_markdown(result.transfer)}
 ## Inference form
 
-ONNX parity (skl2onnx, onnxruntime; the calibrated model): {common.parity_text(metadata["onnx_parity"])}.
+ONNX parity (skl2onnx, onnxruntime; the served model): {common.parity_text(metadata["onnx_parity"])}.
 """
 
 
@@ -538,8 +539,9 @@ CICFlowMeter-V3). Its figures on each are above. Trained on one release alone, i
 other (held-out rows of the shared classes):
 {transfer}
 
-What to expect with your own CICFlowMeter: the two releases differ only in how flows were cut and counted
-(flow timeouts, TCP teardown, the direction of the first packet), and that alone costs the figures above. A
+What to expect with your own CICFlowMeter: the two releases come from the same captures; they differ in how
+CICFlowMeter cut and counted flows (Engelen et al. fixed its TCP teardown and timeout handling, among others)
+and in labelling, and that costs the figures above. A
 CICFlowMeter build close to either release lands near that release's row; another version, other timeouts
 or another capture setup will score lower, most of all on the classes whose flows are short and similar
 (Brute Force vs XSS, Infiltration). Check a labelled sample of your own flows before relying on it, and

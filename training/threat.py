@@ -458,7 +458,7 @@ FN {test["false_negatives"]}, TP {test["true_positives"]}.
 {_calibration_markdown(result.calibration)}
 ## Inference form
 
-ONNX parity (skl2onnx, onnxruntime; the calibrated model): {common.parity_text(parity)}.
+ONNX parity (skl2onnx, onnxruntime; the served model): {common.parity_text(parity)}.
 """
 
 
