@@ -333,9 +333,12 @@ async def _send(client: httpx.AsyncClient, path: str, body: bytes, outcomes: lis
     outcomes.append(Outcome(sent, time.monotonic(), response.status_code, response.headers.get("x-nids-replica")))
 
 
-async def paced(url: str, path: str, body: bytes, rate: float, seconds: float) -> list[Outcome]:
-    """Open loop: one request every 1/rate s for `seconds`, whatever the answers; every outcome, by send time."""
-    outcomes: list[Outcome] = []
+async def paced(
+    url: str, path: str, body: bytes, rate: float, seconds: float, outcomes: list[Outcome] | None = None
+) -> list[Outcome]:
+    """Open loop: one request every 1/rate s for `seconds`, whatever the answers; every outcome, by send time.
+    `outcomes`, when given, receives each outcome as it comes (another thread may watch the load progress)."""
+    outcomes = [] if outcomes is None else outcomes
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers=VIEWER) as client:
         start = time.monotonic()

@@ -164,13 +164,14 @@ def test_stopping_a_replica_under_load_loses_no_request_once_it_is_taken_out(
 ) -> None:
     outcomes: list[Outcome] = []
     load = threading.Thread(
-        target=lambda: outcomes.extend(
-            asyncio.run(paced(cluster.balancer.url, "/detect_threat", DETECT, RATE, seconds=12))
-        )
+        target=lambda: asyncio.run(paced(cluster.balancer.url, "/detect_threat", DETECT, RATE, 12, outcomes))
     )
     cpu = time.process_time()
     load.start()
-    time.sleep(3)
+    deadline = time.monotonic() + 30
+    while {outcome.replica for outcome in outcomes if outcome.status == 200} != {"replica1", "replica2"}:
+        assert time.monotonic() < deadline, "the load did not reach both replicas"
+        time.sleep(0.05)  # the stop comes once both replicas serve the load
     stopped_at = time.monotonic()
     exit_code = cluster.replicas[1].stop()  # SIGTERM: the replica drains and exits
     down_at = cluster.balancer.wait_status("replica2", "DOWN")

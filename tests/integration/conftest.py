@@ -30,6 +30,7 @@ STARTUP_SECONDS = 90
 class Server:
     url: str
     log: Path
+    pid: int  # of the `bentoml serve` process, the parent of its workers
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
@@ -97,7 +98,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
                 start_new_session=True,
             )
         processes.append(process)
-        server = Server(url=f"http://127.0.0.1:{port}", log=log)
+        server = Server(url=f"http://127.0.0.1:{port}", log=log, pid=process.pid)
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if process.poll() is not None:

@@ -3,6 +3,7 @@ connections are spread over them."""
 
 from __future__ import annotations
 
+import array
 import http.client
 import json
 import re
@@ -14,7 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import STARTUP_SECONDS, Server
+from nids.serving.balance import BOARD_FILE
+from nids.serving.rundir import server_dir
+
+from .conftest import STARTUP_SECONDS, Server, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -60,9 +64,14 @@ def test_keep_alive_connections_are_spread_over_the_workers(server: Server) -> N
             ports.append(connection.sock.getsockname()[1])
         for connection in connections:
             connection.close()
-        time.sleep(0.2)  # the server sees both closed before the next pair connects
+        wait_for(lambda: not any(open_connections(server)))  # the workers saw both closed: the next pair is new
         workers = {_worker_of(server, client_port) for client_port in ports}
         assert len(workers) == 2, f"connections from ports {ports} served by workers {workers}"
+
+
+def open_connections(server: Server) -> array.array[int]:
+    """The open-connection count each worker published on its server's board (nids.serving.balance)."""
+    return array.array("i", (server_dir(server_pid=server.pid) / BOARD_FILE).read_bytes())
 
 
 def _worker_of(server: Server, client_port: int) -> str:
