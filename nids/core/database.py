@@ -8,6 +8,7 @@ serialises its callers with a lock: one connection, several threads.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import sqlite3
@@ -15,6 +16,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ logger = logging.getLogger("nids.database")
 Statement = tuple[str, Mapping[str, Any]]
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 Dialect = Literal["sqlite", "postgresql"]
+SCHEMA_LOCK = 0x6E696473  # "nids": the advisory lock key every process takes to create its tables
 
 
 def check_prefix(table_prefix: str) -> str:
@@ -35,19 +38,68 @@ def check_prefix(table_prefix: str) -> str:
     return table_prefix
 
 
-def unavailable_reason(what: str, error: Exception) -> str:
+def unavailable_reason(what: str, error: BaseException) -> str:
     """What a caller may read of a driver's failure: a cause it can act on. The driver's own text (which can name
     hosts, users, tables or statements) goes to the server's log, at WARNING."""
     logger.warning("%s: %s: %s", what, type(error).__name__, error)
-    if "locked" in str(error).lower() or type(error).__name__ == "LockNotAvailable":
-        return f"{what}: its database is locked by another writer; try again shortly"
-    return f"{what}: its database cannot be reached or refused the statement; the server's log names the cause"
+    return f"{what}: {cause_of(error)}"
+
+
+def cause_of(error: BaseException) -> str:
+    """The class of a driver's or the file system's failure, in words an operator can act on, without the
+    driver's text."""
+    text = str(error).lower()
+    if "locked" in text or type(error).__name__ == "LockNotAvailable":
+        return "its database is locked by another writer; try again shortly"
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "disk is full" in text or "no space" in text:
+        return "the disk holding it is full"
+    if (isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES)) or "readonly" in text:
+        return "its directory is read-only or not writable"
+    if "unable to open database file" in text or isinstance(error, OSError):
+        return "its file cannot be created or opened (a missing, read-only or full directory)"
+    if "does not exist" in text:
+        return "the database does not exist on the server"
+    return "its database cannot be reached or refused the statement; the server's log names the cause"
+
+
+class Outage:
+    """Since when a store has been failing and how many operations failed since (thread-safe): what the service
+    reports on /readyz and the statistics API instead of losing rows quietly."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None  # epoch seconds of the first failure of the current outage
+        self.failures = 0
+        self.error = ""
+
+    def failed(self, error: BaseException) -> None:
+        with self._lock:
+            if self.since is None:
+                self.since, self.failures = time.time(), 0
+            self.failures += 1
+            self.error = cause_of(error)
+
+    def recovered(self) -> bool:
+        """Mark the store working again; True when it was failing until now."""
+        with self._lock:
+            was, self.since, self.failures, self.error = self.since is not None, None, 0, ""
+            return was
+
+    def describe(self, what: str) -> str:
+        """'' while the store works, else what failed since when."""
+        since = self.since
+        if since is None:
+            return ""
+        at = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+        return f"{what} unavailable since {at} ({self.failures} failed attempts; last: {self.error})"
 
 
 class Database(ABC):
     dialect: Dialect
     unique_violation: type[Exception]  # the driver's error for a broken unique index
     driver_error: type[Exception]  # base of every error the driver raises
+    # errors that pass (server down or restarting, connection lost, disk full, a lock held): worth retrying
+    transient_errors: tuple[type[Exception], ...]
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -64,6 +116,10 @@ class Database(ABC):
             self.close()
             raise ValueError(f"{owner} {error}") from None
         return tuple(f"{prefix}{name}" for name in names)
+
+    def create_schema(self, statements: Sequence[Statement]) -> None:
+        """Run CREATE ... IF NOT EXISTS statements so that processes starting together never collide."""
+        self.execute(statements)
 
     @abstractmethod
     def execute_many(self, before: Sequence[Statement], sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -83,6 +139,7 @@ class SqliteDatabase(Database):
     dialect: Dialect = "sqlite"
     unique_violation = sqlite3.IntegrityError
     driver_error = sqlite3.Error
+    transient_errors = (sqlite3.OperationalError, OSError)
 
     def __init__(self, path: Path, checkpoint_seconds: float | None = 1.0, lock_seconds: float = 30.0) -> None:
         super().__init__()
@@ -163,6 +220,7 @@ class PostgresDatabase(Database):
 
         self.unique_violation = psycopg.errors.UniqueViolation
         self.driver_error = psycopg.Error
+        self.transient_errors = (psycopg.OperationalError, OSError)
         self.url = url
         self.connect_timeout = connect_timeout
         # a statement waits at most lock_seconds for a row or table lock, then fails with the driver's error
@@ -187,6 +245,12 @@ class PostgresDatabase(Database):
                     cursor.execute(_pyformat(sql), params)
                 return cursor.fetchall() if cursor.description else []
 
+    def create_schema(self, statements: Sequence[Statement]) -> None:
+        """PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against a concurrent one (two workers or replicas
+        starting on an empty database: `UniqueViolation ... pg_type_typname_nsp_index`): one advisory lock,
+        held for the transaction, makes every process create its tables in turn."""
+        self.execute([(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})", {}), *statements])
+
     def execute_many(self, before: Sequence[Statement], sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._lock:
             conn = self._connection()
@@ -206,6 +270,22 @@ _NAMED = re.compile(r":(\w+)")
 def _pyformat(sql: str) -> str:
     """`:name` parameters as psycopg's `%(name)s`."""
     return _NAMED.sub(r"%(\1)s", sql)
+
+
+def open_errors() -> tuple[type[Exception], ...]:
+    """What opening or using a database may raise: OS errors (a data directory that cannot be created, written or
+    is full) and every driver's error."""
+    errors: list[type[Exception]] = [OSError, sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:  # a deployment without PostgreSQL
+        return tuple(errors)
+    return (*errors, psycopg.Error)
+
+
+def redacted(url: AnyUrl | str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", str(url))
 
 
 def open_database(url: AnyUrl | str, lock_seconds: float | None = None, checkpoints: bool = True) -> Database:

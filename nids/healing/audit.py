@@ -18,6 +18,7 @@ from pydantic import AnyUrl
 
 from nids.core.database import (
     Database,
+    Outage,
     PostgresDatabase,
     SqliteDatabase,
     Statement,
@@ -73,19 +74,27 @@ class AuditStore:
         self.actions, self.state, self.refused = db.tables(table_prefix, "audit", "actions", "state", "refused")
         self.db = db
         self.unique_violation = db.unique_violation
+        self.outage = Outage()  # since when calls fail (reported on /readyz)
         self.create_schema()
 
     def close(self) -> None:
         self.db.close()
 
-    def _run(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
+    def _run(self, statements: Sequence[Statement], *, schema: bool = False) -> list[tuple[Any, ...]]:
         """The statements, with driver failures other than a unique violation raised as AuditUnavailable."""
         try:
-            return self.db.execute(statements)
+            if schema:  # creating tables: in turn with every other process (nids.core.database)
+                self.db.create_schema(statements)
+                rows = []
+            else:
+                rows = self.db.execute(statements)
         except self.db.unique_violation:
             raise
         except self.db.driver_error as error:
+            self.outage.failed(error)  # reported on /readyz, with since when and how many calls failed
             raise AuditUnavailable(unavailable_reason("audit log unavailable", error)) from error
+        self.outage.recovered()
+        return rows
 
     def create_schema(self) -> None:
         types = {column: "DOUBLE PRECISION" if column in _REAL_COLUMNS else "TEXT" for column in COLUMNS}
@@ -117,7 +126,8 @@ class AuditStore:
                     "PRIMARY KEY (minute, requester))",
                     {},
                 ),
-            ]
+            ],
+            schema=True,
         )
         self._add_caller_column()
 

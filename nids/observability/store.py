@@ -151,7 +151,7 @@ class PredictionStore:
 
     def migrate(self) -> int:
         """Bring the schema to SCHEMA_VERSION (several processes may start at once); the version reached."""
-        self.db.execute([(f"CREATE TABLE IF NOT EXISTS {self.schema} (version INTEGER PRIMARY KEY)", {})])
+        self.db.create_schema([(f"CREATE TABLE IF NOT EXISTS {self.schema} (version INTEGER PRIMARY KEY)", {})])
         current = self.schema_version()
         if current > SCHEMA_VERSION:
             raise RuntimeError(f"prediction log schema {current} is newer than this service's ({SCHEMA_VERSION})")
