@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     )
     model_state_table_prefix: str = Field("lifecycle_", description="prefix of the lifecycle tables")
     model_sync_seconds: float = Field(1.0, gt=0, le=60, description="how often a worker polls the active versions")
+    model_sync_deadline_seconds: float = Field(
+        60.0, gt=0, description="a process not serving a recorded version this long after it saw it is unready"
+    )
+    replica_id: str | None = Field(
+        None, max_length=200, description="this replica's id in the fleet status; default: host name:server pid"
+    )
     model_gate_margin: float = Field(
         0.01, ge=0, le=1, description="a candidate may score at most this much below the active version's metric"
     )
@@ -237,6 +243,13 @@ class Settings(BaseSettings):
         """The lifecycle state's database: the configured URL, the audit log's, or a SQLite file in data_dir."""
         default = AnyUrl(f"sqlite:///{self.data_dir / 'model-lifecycle.sqlite3'}")
         return self.model_state_url or self.healing_audit_url or default
+
+    @property
+    def state_setting(self) -> str:
+        """The variable that chose state_url (named in the reason when it cannot be opened)."""
+        if self.model_state_url:
+            return "NIDS_MODEL_STATE_URL"
+        return "NIDS_HEALING_AUDIT_URL" if self.healing_audit_url else "NIDS_DATA_DIR"
 
     @property
     def prediction_log_database_url(self) -> AnyUrl:

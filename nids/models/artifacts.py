@@ -14,7 +14,8 @@ import io
 import json
 import platform
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -174,6 +175,40 @@ def get_store_model(tag: str) -> bentoml.Model:
         raise ModelLoadError(f"model {tag!r} is not in the BentoML store") from exc
     except (BentoMLException, ValueError) as exc:
         raise ModelLoadError(f"cannot resolve model {tag!r}: {exc}") from exc
+
+
+def latest_version(name: str) -> str | None:
+    """The version `name:latest` resolves to in the store (None: the store holds no `name`)."""
+    try:
+        return str(bentoml.models.get(f"{name}:latest").tag.version)
+    except NotFound:
+        return None
+
+
+def point_latest(tag: str) -> None:
+    """Make `name:latest` resolve to `tag` (what a process with fresh lifecycle state starts serving).
+
+    BentoML 1.4 keeps the pointer as the file `<model store>/<name>/latest` holding the version; the result is
+    read back through the public API, and a store laid out otherwise raises instead of serving something else."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    model = bentoml.models.get(tag)
+    name, version = model.tag.name, str(model.tag.version)
+    (Path(BentoMLContainer.model_store_dir.get()) / name / "latest").write_text(version)
+    if latest_version(name) != version:
+        raise RuntimeError(f"cannot point {name}:latest at {tag}: this BentoML store keeps the pointer elsewhere")
+
+
+@contextmanager
+def latest_kept(name: str) -> Iterator[None]:
+    """Save or delete versions of `name` inside: `name:latest` stays where it was, whatever BentoML does with it
+    (an upload or import never decides what a process starting with fresh state serves; an activation does)."""
+    before = latest_version(name)
+    try:
+        yield
+    finally:
+        if before is not None:
+            point_latest(f"{name}:{before}")
 
 
 def verify_files(model: bentoml.Model) -> tuple[FileCheck, ...]:

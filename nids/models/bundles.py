@@ -50,7 +50,7 @@ from nids.core.features import (
     normalise_attack_label,
 )
 from nids.core.model import ReferenceCase, class_and_score
-from nids.models.artifacts import ModelLoadError, load_model, save_model, sha256_bytes
+from nids.models.artifacts import ModelLoadError, latest_kept, load_model, save_model, sha256_bytes
 from nids.models.packages import CHUNK, PackageRefused, PackageTooLarge, SigningNotConfigured
 from nids.models.registry import check_contract
 
@@ -444,15 +444,16 @@ def import_bundle_object(
     }
     if bundle.threshold is not None:
         metadata["threshold"] = bundle.threshold
-    model = save_model(
-        model_type, estimator=bundle.estimator, metadata=metadata, reference_cases=cases, onnx_model=None
-    )
-    tag = str(model.tag)
-    try:
-        check_contract("threat" if model_type == THREAT_MODEL_NAME else "attack", load_model(tag))
-    except ModelLoadError:
-        bentoml.models.delete(tag)  # a model that fails its own checks is never kept
-        raise
+    with latest_kept(model_type):  # imported, never implicitly served (only an activation moves :latest)
+        model = save_model(
+            model_type, estimator=bundle.estimator, metadata=metadata, reference_cases=cases, onnx_model=None
+        )
+        tag = str(model.tag)
+        try:
+            check_contract("threat" if model_type == THREAT_MODEL_NAME else "attack", load_model(tag))
+        except ModelLoadError:
+            bentoml.models.delete(tag)  # a model that fails its own checks is never kept
+            raise
     results["stored_model_checks"] = "passed: hashes and reference cases"
     return Imported(tag=tag, validation_results=results)
 

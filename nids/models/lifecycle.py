@@ -2,16 +2,26 @@
 
 The BentoML store is the single source of the models (what `bentoml models list` shows is what is listed here);
 which version of each type is active, its history and the audit trail live in the `LifecycleStore`, shared by
-every worker and replica. `Lifecycle.sync()` (run every NIDS_MODEL_SYNC_SECONDS by a background thread in each
-worker) makes the process's `ModelRegistry` serve the recorded versions: it loads and verifies a new version off
-the request path, then swaps the pair atomically; requests in flight keep the snapshot they started with. A
-process that cannot load the recorded version keeps serving its verified one and says why (`replica_status`).
+every worker and replica, with the signed package of every version uploaded, imported or first recorded there:
+a replica whose own store lacks a recorded version fetches that package, verifies its signature and manifest,
+copies it into its store (never moving `:latest`) and then loads it like any other (hashes, reference cases).
+
+`Lifecycle.sync()` (run every NIDS_MODEL_SYNC_SECONDS by a background thread in each worker) makes the process's
+`ModelRegistry` serve the recorded versions: it loads and verifies a new version off the request path, then
+swaps the pair atomically; requests in flight keep the snapshot they started with. A process that cannot load
+the recorded version keeps serving its verified one, says why (`replica_status`) and is unready (/readyz 503)
+so that a balancer drains it; so is one still catching up NIDS_MODEL_SYNC_DEADLINE_SECONDS after it saw the
+switch. Each poll also writes the process's heartbeat (`fleet_status`). When the state cannot be read at
+startup (unreachable, a corrupt row, a data directory it cannot write), the process serves nothing, is unready
+naming the database and the error, and retries every poll until it can.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,15 +35,19 @@ from pydantic import BaseModel, Field
 from nids.core.errors import Conflict, InvalidInput, NotFound
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.model import ActiveModels, LoadedModel
-from nids.models.artifacts import ModelLoadError
+from nids.models.artifacts import ModelLoadError, point_latest
+from nids.models.packages import import_package, package_bytes
 from nids.models.registry import Loader, ModelRegistry, check_contract
-from nids.models.state import ActiveState, LifecycleEvent, LifecycleStore, VersionNote
+from nids.models.state import ActiveState, Heartbeat, LifecycleEvent, LifecycleStore, StateUnavailable, VersionNote
 
 logger = logging.getLogger("nids.lifecycle")
 # model type (the store name) -> the registry role it serves
 ROLES: dict[str, str] = {THREAT_MODEL_NAME: "threat", ATTACK_MODEL_NAME: "attack"}
 RETRY_FAILED_SECONDS = 30.0
+STALE_HEARTBEATS = 10  # a process silent for this many polls (at least 30 s) is listed as stale
+FORGET_REPLICA_SECONDS = 86_400.0  # ... and forgotten after a day
 SwitchObserver = Callable[[ActiveModels, ActiveModels | None], None]
+StoreOpener = Callable[[], LifecycleStore]
 
 
 class GateRefused(Conflict):
@@ -97,6 +111,26 @@ class ReplicaStatus(BaseModel):
     error: str | None = Field(None, description="why this process does not serve the active version")
 
 
+class FleetMember(BaseModel):
+    id: str = Field(description="replica id (NIDS_REPLICA_ID, default host:server pid) and worker, as id/worker")
+    replica_id: str
+    worker: int
+    served: dict[str, str] = Field(description="model type -> the version this process serves")
+    in_sync: bool = Field(description="it serves every version recorded as active")
+    error: str | None = Field(None, description="why it does not")
+    started_at: float
+    last_heartbeat: float = Field(description="epoch seconds of its last poll")
+    heartbeat_age_seconds: float
+    lag_seconds: float = Field(description="how long a recorded activation has waited to be served here (0: in sync)")
+    stale: bool = Field(description="silent for more than max(10 polls, 30 s): stopped, killed or cut off")
+
+
+class FleetStatus(BaseModel):
+    active: dict[str, str] = Field(description="model type -> the version recorded as active")
+    members: list[FleetMember]
+    in_sync: bool = Field(description="every process heard from recently serves the active versions")
+
+
 def gate_metric(model_type: str, metadata: Mapping[str, Any]) -> GateMetric:
     """KDDTest+ F1 (threat detector) or mean held-out macro-F1 over both CIC-IDS2017 releases (attack classifier)."""
     metrics = metadata.get("metrics") or {}
@@ -155,28 +189,66 @@ class Lifecycle:
 
     def __init__(
         self,
-        store: LifecycleStore,
+        store: LifecycleStore | StoreOpener,
         registry: ModelRegistry,
         loader: Loader,
         *,
         gate_margin: float = 0.01,
         on_switch: SwitchObserver | None = None,
+        signing_key: bytes | None = None,
+        max_package_bytes: int = 256 * 1024 * 1024,
+        member: tuple[str, int] = ("local", 0),
+        sync_seconds: float = 1.0,
     ) -> None:
-        self.store = store
+        """`store`: the state, or how to open it (retried every poll while it cannot be opened or read).
+        `signing_key` signs the packages this process stores for the fleet and verifies those it fetches.
+        `member`: (replica id, worker index) of this process in the heartbeats."""
+        self._store, self._open = (store, None) if isinstance(store, LifecycleStore) else (None, store)
         self.registry = registry
         self.loader = loader
         self.gate_margin = gate_margin
         self.on_switch = on_switch
+        self.signing_key = signing_key
+        self.max_package_bytes = max_package_bytes
+        self.member = member
+        self.sync_seconds = sync_seconds
+        self.started_at = time.time()
+        self._configured: dict[str, str] = {}
+        self._booted = False
         self._errors: dict[str, str] = {}  # model type -> why the recorded version is not served here
         self._failed: dict[str, tuple[str, float]] = {}  # model type -> (tag that failed to load, when)
         self._sync_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def store(self) -> LifecycleStore:
+        """The state store; StateUnavailable while it could not be opened yet."""
+        if self._store is None:
+            if self._open is None:
+                raise StateUnavailable("model lifecycle state is closed")
+            self._store = self._open()
+        return self._store
+
     # --- startup and synchronisation --------------------------------------------------------------------
     def bootstrap(self, configured: Mapping[str, str]) -> None:
         """Record the configured tags (model type -> tag, `:latest` resolved) as active unless a version already is,
-        then serve what is recorded; when that cannot load, serve the configured tags and report the mismatch."""
+        then serve what is recorded; when that cannot load, serve the configured tags and report the mismatch.
+
+        When the state cannot be opened or read, serve nothing and be unready with the reason; the poll thread
+        retries until it can (`start`)."""
+        self._configured = dict(configured)
+        try:
+            self._bootstrap()
+        except StateUnavailable as exc:
+            self.registry.unavailable(str(exc))
+            logger.error("not serving until the model lifecycle state can be read: %s", exc)
+            return
+        self._booted = True
+        self._beat()
+
+    def _bootstrap(self) -> None:
+        configured = self._configured
         active = self.store.active()
         for model_type, tag in configured.items():
             if model_type in active:
@@ -188,6 +260,7 @@ class Lifecycle:
                 continue
             if self.store.initialise(model_type, resolved, f"initial version (configured {tag})"):
                 self.store.record("startup", "initialise", model_type=model_type, to_tag=resolved)
+        self._share_recorded()
         self.list_versions()  # integer ids for the versions already in the store, in the order they were made
         self.sync()
         if self.registry.ready:
@@ -210,7 +283,11 @@ class Lifecycle:
         failure = ""
         while not self._stop.wait(interval):
             try:
+                if not self._booted:
+                    self.bootstrap(self._configured)
+                    continue
                 self.sync()
+                self._beat()
             except Exception as exc:  # the thread must outlive a database outage; the next poll retries
                 if str(exc) != failure:  # once per distinct failure, not once a second
                     logger.exception("model sync failed; serving the verified versions meanwhile")
@@ -223,7 +300,8 @@ class Lifecycle:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
 
     def sync(self) -> None:
         """Serve the recorded active versions: load what changed, verify, swap the pair atomically."""
@@ -232,6 +310,13 @@ class Lifecycle:
             current = self.registry.current
             served = current.by_role() if current is not None else {}
             chosen: dict[str, LoadedModel] = {}
+            behind = any(
+                state.tag != getattr(served.get(ROLES[model_type]), "tag", None) for model_type, state in active.items()
+            )
+            if not behind:
+                self.registry.behind_since = None
+            elif self.registry.behind_since is None:
+                self.registry.behind_since = time.monotonic()
             for model_type, role in ROLES.items():
                 state = active.get(model_type)
                 have = served.get(role)
@@ -250,6 +335,8 @@ class Lifecycle:
                 if current is None or models.threat is not current.threat or models.attack is not current.attack:
                     self.registry.activate(models)
                     self._switched(models, current)
+                if all(active.get(t) is None or active[t].tag == models.by_role()[r].tag for t, r in ROLES.items()):
+                    self.registry.behind_since = None
             self._publish_mismatch()
 
     def _load_recorded(self, model_type: str, role: str, tag: str) -> LoadedModel | None:
@@ -257,6 +344,7 @@ class Lifecycle:
         if failed is not None and failed[0] == tag and time.monotonic() - failed[1] < RETRY_FAILED_SECONDS:
             return None  # the same version failed moments ago: do not reload it every poll
         try:
+            self._local(tag)  # fetched from the shared packages when this replica's store lacks it
             model = check_contract(role, self.loader(tag))
         except Exception as exc:  # any failure: keep the verified version, report why
             self._errors[model_type] = f"cannot serve the active {model_type} {tag}: {type(exc).__name__}: {exc}"
@@ -265,8 +353,101 @@ class Lifecycle:
             return None
         self._errors.pop(model_type, None)
         self._failed.pop(model_type, None)
+        _point_latest(tag)
         logger.info("now serving %s %s", model_type, tag)
         return model
+
+    # --- the packages every replica can fetch -------------------------------------------------------------
+    def _local(self, model_id: str) -> bentoml.Model:
+        """The store's model of an id, fetched from the shared packages (and verified) when this store lacks it."""
+        try:
+            return store_model(model_id)
+        except NotFound:
+            package = self.store.package(model_id)
+            if package is None:
+                raise NotFound(
+                    f"no model {model_id!r} in the BentoML store of this replica nor in the shared packages"
+                ) from None
+        self._import(model_id, package)
+        return store_model(model_id)
+
+    def _import(self, tag: str, package: bytes) -> None:
+        if self.signing_key is None:
+            raise ModelLoadError(
+                f"model {tag} is in the shared packages but cannot be verified here: NIDS_MODEL_SIGNING_KEY is not set"
+            )
+        with tempfile.TemporaryDirectory(prefix="nids-fetch-") as tmp:
+            path = Path(tmp) / "package.bentomodel"
+            path.write_bytes(package)
+            with contextlib.suppress(Conflict):  # another worker of this replica (same store) fetched it meanwhile
+                import_package(path, self.signing_key, self.max_package_bytes, expected_name=tag.partition(":")[0])
+        logger.info("fetched %s from the shared packages (signature and manifest verified)", tag)
+
+    def share(self, tag: str, actor: str, package: bytes | None = None) -> bool:
+        """Keep the signed package of a stored version where every replica can fetch it (True if stored now).
+
+        `package`: the signed bytes as uploaded; else the version is packed and signed here."""
+        if package is None:
+            if self.signing_key is None:
+                return False  # nothing another replica could verify
+            package = package_bytes(store_model(tag), self.signing_key)
+        return self.store.store_package(tag, package, f"{actor}@{self.member[0]}")
+
+    def _share_recorded(self) -> None:
+        """Share the recorded versions (active and history) this replica holds and no replica has shared yet."""
+        if self.signing_key is None:
+            return
+        shared = self.store.packages()
+        for state in self.store.active().values():
+            for tag in {state.tag, *state.history} - set(shared):
+                try:
+                    stored = self.share(tag, "startup")
+                except (NotFound, InvalidInput):
+                    continue  # not in this replica's store: another replica may share it
+                if stored:
+                    logger.info("shared the package of %s with the fleet", tag)
+
+    # --- heartbeats ----------------------------------------------------------------------------------------
+    def _beat(self) -> None:
+        current = self.registry.current
+        served = {t: current.by_role()[r].tag for t, r in ROLES.items()} if current is not None else {}
+        active = self.store.active()
+        in_sync = bool(served) and all(state.tag == served.get(t) for t, state in active.items())
+        errors = "; ".join(self._errors[t] for t in sorted(self._errors)) or None
+        self.store.heartbeat(
+            Heartbeat(self.member[0], self.member[1], served, in_sync, errors, self.started_at, time.time())
+        )
+
+    def fleet_status(self) -> FleetStatus:
+        """Every serving process that reported: the versions it serves, its last heartbeat, how far behind it is."""
+        now = time.time()
+        self.store.forget_replicas(now - FORGET_REPLICA_SECONDS)
+        active = self.store.active()
+        stale_after = max(STALE_HEARTBEATS * self.sync_seconds, 30.0)
+        members = []
+        for beat in self.store.heartbeats():
+            waiting = [state.activated_at for t, state in active.items() if beat.served.get(t) != state.tag]
+            age = max(0.0, now - beat.heartbeat_at)
+            members.append(
+                FleetMember(
+                    id=f"{beat.replica_id}/{beat.worker}",
+                    replica_id=beat.replica_id,
+                    worker=beat.worker,
+                    served=beat.served,
+                    in_sync=not waiting,
+                    error=beat.error,
+                    started_at=beat.started_at,
+                    last_heartbeat=beat.heartbeat_at,
+                    heartbeat_age_seconds=round(age, 3),
+                    lag_seconds=round(max(0.0, now - min(waiting)), 3) if waiting else 0.0,
+                    stale=age > stale_after,
+                )
+            )
+        return FleetStatus(
+            active={t: state.tag for t, state in active.items()},
+            members=members,
+            in_sync=all(member.in_sync for member in members if not member.stale),
+        )
 
     def _switched(self, models: ActiveModels, previous: ActiveModels | None) -> None:
         if self.on_switch is not None:
@@ -296,22 +477,34 @@ class Lifecycle:
 
     # --- reading ----------------------------------------------------------------------------------------
     def model(self, model_id: str) -> bentoml.Model:
-        """The store's model of an id: the integer alias (the original's `1`) or the tag `name:version`."""
+        """The store's model of an id: the integer alias (the original's `1`) or the tag `name:version`; fetched
+        from the shared packages (and verified) when this replica's store lacks it."""
         if model_id.isascii() and model_id.isdigit():
             tag = self.store.tag_of(int(model_id))
             if tag is None:
                 raise NotFound(f"no model with id {model_id}")
-            return store_model(tag)
-        return store_model(model_id)
+            return self._local(tag)
+        return self._local(model_id)
 
     def list_versions(self, model_type: str | None = None) -> list[ModelEntry]:
         """Every version of the served model types in the store, newest first."""
         types = [parse_model_type(model_type)] if model_type is not None else list(ROLES)
+        self._fetch_shared(types)
         active, notes = self.store.active(), self.store.notes()
         models = [model for name in types for model in _store_versions(name)]
         models.sort(key=lambda m: m.creation_time)
         aliases = self.store.aliases([str(model.tag) for model in models])  # ids follow creation order
         return [self._entry(model, active, notes, aliases) for model in reversed(models)]
+
+    def _fetch_shared(self, types: list[str]) -> None:
+        """Copy into this store the shared versions of `types` it lacks (listed then like its own)."""
+        held = {str(model.tag) for name in types for model in _store_versions(name)}
+        for tag in sorted(set(self.store.packages()) - held):
+            if tag.partition(":")[0] in types:
+                try:
+                    self._local(tag)
+                except (ModelLoadError, InvalidInput, StateUnavailable) as exc:
+                    logger.error("cannot fetch the shared package of %s: %s", tag, exc)
 
     def get_version(self, model_id: str) -> ModelEntry:
         model = self.model(model_id)
@@ -431,6 +624,8 @@ class Lifecycle:
         if note is not None and note.retired:
             raise Conflict(f"model {tag} was retired (deleted without delete_file); it cannot be activated")
         candidate = self._verified(model_type, tag)
+        if tag not in self.store.packages():
+            self.share(tag, actor)  # e.g. imported into this store by the CLI: every replica must reach it
         gate = self._gate(model_type, tag, state.tag)
         if gate["passed"] is False and not force:
             raise GateRefused(
@@ -464,6 +659,7 @@ class Lifecycle:
         if not state.history:
             raise Conflict(f"{tag} has no previously active {model_type} to roll back to")
         previous = state.history[-1]
+        self._local(previous)
         restored = self._verified(model_type, previous)
         why = reason.strip() if reason else f"rolled back from {tag}"
         if not self.store.switch(state, previous, state.history[:-1], actor, why):
@@ -480,6 +676,7 @@ class Lifecycle:
             raise Conflict(f"model {tag} is the active {model_type}; activate another version before deleting it")
         if delete_file:
             bentoml.models.delete(tag)
+            self.store.drop_package(tag)  # no replica fetches it any more (those holding a copy keep it)
             self.store.forget(tag)
         else:
             self.store.note(tag, retired=True)
@@ -487,8 +684,11 @@ class Lifecycle:
         alias = self.store.aliases([tag])[tag]  # kept after the version is gone: never given to another
         return {"id": alias, "tag": tag, "deleted": True, "file_deleted": delete_file}
 
-    def registered(self, tag: str, actor: str, description: str) -> ModelEntry:
-        """Audit an upload (already verified and written to the store); it stays inactive."""
+    def registered(self, tag: str, actor: str, description: str, package: bytes | None = None) -> ModelEntry:
+        """Share and audit an upload (already verified and written to this store); it stays inactive.
+
+        `package`: the signed bytes as received, kept once for the whole fleet."""
+        self.share(tag, actor, package)
         self.store.note(tag, description=description, uploaded_by=actor)
         self.store.record(actor, "upload", model_type=tag.partition(":")[0], to_tag=tag, reason=description or None)
         return self.get_version(tag)
@@ -546,3 +746,12 @@ class Lifecycle:
             self._switched(models, current)
             self._errors.pop(next(t for t, r in ROLES.items() if r == role), None)
             self._publish_mismatch()
+        _point_latest(model.tag)
+
+
+def _point_latest(tag: str) -> None:
+    """Activated versions become `:latest` in this replica's store (what a process with fresh state serves)."""
+    try:
+        point_latest(tag)
+    except (BentoMLException, OSError, RuntimeError) as exc:
+        logger.warning("%s is served, but :latest could not be pointed at it: %s", tag, exc)

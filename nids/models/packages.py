@@ -35,6 +35,7 @@ from typing import IO, Any
 import bentoml
 
 from nids.core.errors import Conflict, InvalidInput, NIDSError, RequestTooLarge
+from nids.models.artifacts import latest_kept
 
 SIGNATURE_FILE = "nids-signature.json"
 FORMAT = "nids-model-package/1"
@@ -304,8 +305,16 @@ def verify_package(package: Path, key: bytes | None, max_bytes: int) -> Verified
         return Verified(tag=tag, files=unpacked.files)
 
 
+def package_bytes(model: bentoml.Model, key: bytes) -> bytes:
+    """The signed package of a stored model, in memory (what the shared package store keeps)."""
+    buffer = io.BytesIO()
+    write_package(model, buffer, key)
+    return buffer.getvalue()
+
+
 def import_package(package: Path, key: bytes | None, max_bytes: int, expected_name: str | None = None) -> str:
-    """Verify a package and copy its model into the BentoML store; returns the new tag (never activated).
+    """Verify a package and copy its model into the BentoML store; returns the new tag (never activated, and
+    `name:latest` is left where it was: only an activation changes what a process starting afresh serves).
 
     PackageRefused / PackageTooLarge (4xx) name what is wrong; nothing is written to the store then. Conflict (409)
     when the tag is already in the store.
@@ -321,7 +330,8 @@ def import_package(package: Path, key: bytes | None, max_bytes: int, expected_na
         if expected_name is not None and model.tag.name != expected_name:
             raise PackageRefused(f"the package holds a {model.tag.name} model, but model_type is {expected_name}")
         try:
-            model.save()  # the store refuses a tag it holds, even one a concurrent upload just added
+            with latest_kept(model.tag.name):  # BentoML would move `name:latest` to a newer save
+                model.save()  # the store refuses a tag it holds, even one a concurrent upload just added
         except bentoml.exceptions.BentoMLException as exc:
             if any(str(stored.tag) == tag for stored in bentoml.models.list(model.tag.name)):
                 raise Conflict(f"model {tag} is already in the store") from exc

@@ -8,6 +8,7 @@ nothing is active the registry knows why, and that reason is what /readyz and th
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,9 @@ class ModelRegistry:
         self._reason = "models are not loaded yet"
         # why this process does not serve the versions recorded as active ('' when it does); set by the lifecycle
         self.mismatch = ""
+        # since when (time.monotonic()) the lifecycle has seen a recorded version this process does not serve yet
+        self.behind_since: float | None = None
+        self.sync_deadline = 60.0  # seconds a process may take to serve a recorded version before it is unready
 
     def load(self, threat_tag: str, attack_tag: str, loader: Loader) -> ActiveModels:
         """Load both tags with `loader` (verifies hashes and reference cases) and activate the pair.
@@ -66,6 +70,27 @@ class ModelRegistry:
             raise
         self.activate(models)
         return models
+
+    def unavailable(self, reason: str) -> None:
+        """Why nothing can be served yet (the lifecycle state cannot be read), while nothing is served."""
+        with self._lock:
+            if self._active is None:
+                self._reason = reason
+
+    def unready_reason(self) -> str:
+        """Why /readyz must answer 503 ('' when ready): nothing served, a recorded version that cannot be served
+        here, or one still not served NIDS_MODEL_SYNC_DEADLINE_SECONDS after this process first saw it."""
+        if self._active is None:
+            return f"no verified models are being served: {self._reason}"
+        if self.mismatch:
+            return f"not serving the versions recorded as active: {self.mismatch}"
+        since = self.behind_since
+        if since is not None and time.monotonic() - since > self.sync_deadline:
+            return (
+                f"not serving the versions recorded as active {time.monotonic() - since:.0f} s after they were "
+                f"recorded (NIDS_MODEL_SYNC_DEADLINE_SECONDS={self.sync_deadline:g})"
+            )
+        return ""
 
     def activate(self, models: ActiveModels) -> None:
         with self._lock:

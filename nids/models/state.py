@@ -12,27 +12,37 @@ PostgreSQL by URL):
   who (the token's label), when, what, from, to, why.
 - `aliases`: the original system's integer model id of each tag (1, 2, ... in the order versions were first
   seen); an id is never reused, even after its version is deleted from the store.
+- `packages`: the signed package (nids.models.packages) of every version uploaded, imported or first activated
+  through any replica, stored once: a replica whose own BentoML store lacks a recorded version fetches it from
+  here, verifies it (signature, manifest) and copies it into its store before loading it (docs/deploy.md).
+- `replicas`: one heartbeat row per serving process (replica id and worker): the versions it serves, whether
+  they are the recorded ones, why not, when it last reported (`GET /api/v1/models/status/fleet`).
+
+A row that cannot be read (unparseable JSON, a wrong type) raises `StateUnavailable` naming the table and the
+row, like an unreachable database: the service is unready with that reason until the row is fixed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 from pydantic import AnyUrl, BaseModel, Field
 
-from nids.core.database import Database, Statement, open_database, unavailable_reason
+from nids.core.database import Database, Statement, open_database, open_errors, redacted, unavailable_reason
 from nids.core.errors import Unavailable
 
 HISTORY_LIMIT = 50
+T = TypeVar("T")
 
 
 class StateUnavailable(Unavailable):
-    """The lifecycle database cannot be reached or written (HTTP 503)."""
+    """The lifecycle database cannot be reached or written, or holds a row that cannot be read (HTTP 503)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,26 @@ class LifecycleEvent(BaseModel):
 
 
 @dataclass(frozen=True)
+class Heartbeat:
+    replica_id: str
+    worker: int
+    served: dict[str, str]  # model type -> tag this process serves
+    in_sync: bool
+    error: str | None
+    started_at: float
+    heartbeat_at: float
+
+
+@dataclass(frozen=True)
+class StoredPackage:
+    tag: str
+    sha256: str
+    size: int
+    stored_by: str
+    stored_at: float
+
+
+@dataclass(frozen=True)
 class VersionNote:
     tag: str
     description: str
@@ -71,13 +101,19 @@ class VersionNote:
 _EVENT_COLUMNS = ("event_id", "at", "actor", "action", "model_type", "from_tag", "to_tag", "reason", "detail")
 _ACTIVE_COLUMNS = "model_type, tag, history, activated_by, activated_at, reason, generation"
 _NOTE_COLUMNS = "tag, description, uploaded_by, retired, check_status, checked_at"
+_HEARTBEAT_COLUMNS = "replica_id, worker, served, in_sync, error, started_at, heartbeat_at"
+_PACKAGE_COLUMNS = "tag, sha256, size, stored_by, stored_at"
 
 
 class LifecycleStore:
-    def __init__(self, db: Database, prefix: str = "lifecycle_") -> None:
-        tables = db.tables(prefix, "lifecycle", "active", "versions", "events", "aliases")
-        self.active_table, self.versions_table, self.events_table, self.aliases_table = tables
+    def __init__(self, db: Database, prefix: str = "lifecycle_", where: str = "") -> None:
+        """`where`: the database and the setting that chose it, named in every StateUnavailable."""
+        self.where = f" (at {where})" if where else ""
+        tables = db.tables(prefix, "lifecycle", "active", "versions", "events", "aliases", "packages", "replicas")
+        self.active_table, self.versions_table, self.events_table, self.aliases_table = tables[:4]
+        self.packages_table, self.replicas_table = tables[4:]
         self.db = db
+        blob = "BYTEA" if db.dialect == "postgresql" else "BLOB"
         self._run(
             [
                 (
@@ -104,14 +140,45 @@ class LifecycleStore:
                     "(id INTEGER PRIMARY KEY, tag TEXT NOT NULL UNIQUE)",
                     {},
                 ),
-            ]
+                (
+                    f"CREATE TABLE IF NOT EXISTS {self.packages_table} (tag TEXT PRIMARY KEY, sha256 TEXT NOT NULL, "
+                    f"size BIGINT NOT NULL, stored_by TEXT NOT NULL, stored_at DOUBLE PRECISION NOT NULL, "
+                    f"package {blob} NOT NULL)",
+                    {},
+                ),
+                (
+                    f"CREATE TABLE IF NOT EXISTS {self.replicas_table} (replica_id TEXT NOT NULL, worker INTEGER NOT "
+                    "NULL, served TEXT NOT NULL, in_sync INTEGER NOT NULL, error TEXT, started_at DOUBLE PRECISION "
+                    "NOT NULL, heartbeat_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (replica_id, worker))",
+                    {},
+                ),
+            ],
+            schema=True,
         )
 
-    def _run(self, statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
+    def _run(self, statements: Sequence[Statement], *, schema: bool = False) -> list[tuple[Any, ...]]:
         try:
+            if schema:  # creating tables: in turn with every other process starting (nids.core.database)
+                self.db.create_schema(statements)
+                return []
             return self.db.execute(statements)
         except self.db.driver_error as error:
-            raise StateUnavailable(unavailable_reason("model lifecycle state unavailable", error)) from error
+            raise StateUnavailable(
+                unavailable_reason(f"model lifecycle state unavailable{self.where}", error)
+            ) from error
+
+    def _rows(self, table: str, rows: list[tuple[Any, ...]], parse: Callable[[tuple[Any, ...]], T]) -> list[T]:
+        """Each row parsed; StateUnavailable naming the table and the row's key when one cannot be read."""
+        parsed = []
+        for row in rows:
+            try:
+                parsed.append(parse(row))
+            except (ValueError, TypeError, KeyError, IndexError) as error:
+                raise StateUnavailable(
+                    f"model lifecycle state unreadable{self.where}: row {row[0]!r} of table {table} is corrupt "
+                    f"({type(error).__name__}: {error}); fix or delete it"
+                ) from error
+        return parsed
 
     def close(self) -> None:
         self.db.close()
@@ -119,10 +186,8 @@ class LifecycleStore:
     # --- active versions ----------------------------------------------------------------------------------
     def active(self) -> dict[str, ActiveState]:
         rows = self._run([(f"SELECT {_ACTIVE_COLUMNS} FROM {self.active_table}", {})])
-        return {
-            row[0]: ActiveState(row[0], row[1], tuple(json.loads(row[2])), row[3], float(row[4]), row[5], int(row[6]))
-            for row in rows
-        }
+        states = self._rows(self.active_table, rows, _active_state)
+        return {state.model_type: state for state in states}
 
     def initialise(self, model_type: str, tag: str, reason: str) -> bool:
         """Record the first active version of a type unless one is recorded (True if this call did)."""
@@ -163,7 +228,10 @@ class LifecycleStore:
     # --- what the store cannot hold about a version -----------------------------------------------------
     def notes(self) -> dict[str, VersionNote]:
         rows = self._run([(f"SELECT {_NOTE_COLUMNS} FROM {self.versions_table}", {})])
-        return {row[0]: VersionNote(row[0], row[1], row[2], bool(row[3]), row[4], row[5]) for row in rows}
+        notes = self._rows(
+            self.versions_table, rows, lambda r: VersionNote(r[0], r[1], r[2], bool(r[3]), r[4], _float(r[5]))
+        )
+        return {note.tag: note for note in notes}
 
     def note(self, tag: str, **values: Any) -> None:
         """Upsert some of description, uploaded_by, retired, check_status, checked_at for `tag`."""
@@ -213,6 +281,74 @@ class LifecycleStore:
         rows = self._run([(f"SELECT tag FROM {self.aliases_table} WHERE id = :id", {"id": alias})])
         return str(rows[0][0]) if rows else None
 
+    # --- packages every replica can fetch -------------------------------------------------------------------
+    def store_package(self, tag: str, package: bytes, stored_by: str) -> bool:
+        """Keep a signed package once (True if this call stored it; the first one stored for a tag stays)."""
+        rows = self._run(
+            [
+                (
+                    f"INSERT INTO {self.packages_table} ({_PACKAGE_COLUMNS}, package) VALUES (:tag, :sha256, :size, "
+                    ":stored_by, :now, :package) ON CONFLICT (tag) DO NOTHING RETURNING tag",
+                    {
+                        "tag": tag,
+                        "sha256": hashlib.sha256(package).hexdigest(),
+                        "size": len(package),
+                        "stored_by": stored_by,
+                        "now": time.time(),
+                        "package": package,
+                    },
+                )
+            ]
+        )
+        return bool(rows)
+
+    def packages(self) -> dict[str, StoredPackage]:
+        rows = self._run([(f"SELECT {_PACKAGE_COLUMNS} FROM {self.packages_table}", {})])
+        stored = self._rows(
+            self.packages_table, rows, lambda r: StoredPackage(r[0], r[1], int(r[2]), r[3], float(r[4]))
+        )
+        return {package.tag: package for package in stored}
+
+    def package(self, tag: str) -> bytes | None:
+        """The package's bytes, None when no replica stored one; StateUnavailable when they do not match its sha256."""
+        rows = self._run([(f"SELECT sha256, package FROM {self.packages_table} WHERE tag = :tag", {"tag": tag})])
+        if not rows:
+            return None
+        sha256, package = rows[0][0], bytes(rows[0][1])
+        if hashlib.sha256(package).hexdigest() != sha256:
+            raise StateUnavailable(f"the stored package of {tag} in {self.packages_table} does not match its sha256")
+        return package
+
+    def drop_package(self, tag: str) -> None:
+        self._run([(f"DELETE FROM {self.packages_table} WHERE tag = :tag", {"tag": tag})])
+
+    # --- heartbeats of the serving processes -----------------------------------------------------------------
+    def heartbeat(self, beat: Heartbeat) -> None:
+        placeholders = ", ".join(f":{column.strip()}" for column in _HEARTBEAT_COLUMNS.split(","))
+        self._run(
+            [
+                (
+                    f"INSERT INTO {self.replicas_table} ({_HEARTBEAT_COLUMNS}) VALUES ({placeholders}) "
+                    "ON CONFLICT (replica_id, worker) DO UPDATE SET served = excluded.served, "
+                    "in_sync = excluded.in_sync, error = excluded.error, started_at = excluded.started_at, "
+                    "heartbeat_at = excluded.heartbeat_at",
+                    {**asdict(beat), "served": json.dumps(beat.served, sort_keys=True), "in_sync": int(beat.in_sync)},
+                )
+            ]
+        )
+
+    def heartbeats(self) -> list[Heartbeat]:
+        rows = self._run([(f"SELECT {_HEARTBEAT_COLUMNS} FROM {self.replicas_table} ORDER BY replica_id, worker", {})])
+        return self._rows(
+            self.replicas_table,
+            rows,
+            lambda r: Heartbeat(r[0], int(r[1]), dict(json.loads(r[2])), bool(r[3]), r[4], float(r[5]), float(r[6])),
+        )
+
+    def forget_replicas(self, older_than: float) -> None:
+        """Drop the heartbeats of processes silent since before `older_than` (epoch seconds)."""
+        self._run([(f"DELETE FROM {self.replicas_table} WHERE heartbeat_at < :older", {"older": older_than})])
+
     # --- audit trail ----------------------------------------------------------------------------------------
     def record(self, actor: str, action: str, **fields: Any) -> LifecycleEvent:
         event = LifecycleEvent(event_id=uuid.uuid4().hex, at=time.time(), actor=actor, action=action, **fields)
@@ -228,11 +364,40 @@ class LifecycleStore:
         where = "WHERE model_type = :model_type" if model_type else ""
         sql = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM {self.events_table} {where} ORDER BY at DESC LIMIT :limit"
         rows = self._run([(sql, {"model_type": model_type, "limit": limit})])
-        return [
-            LifecycleEvent.model_validate({**dict(zip(_EVENT_COLUMNS, row, strict=True)), "detail": json.loads(row[8])})
-            for row in rows
-        ]
+        return self._rows(
+            self.events_table,
+            rows,
+            lambda r: LifecycleEvent.model_validate(
+                {**dict(zip(_EVENT_COLUMNS, r, strict=True)), "detail": json.loads(r[8])}
+            ),
+        )
 
 
-def open_lifecycle_store(url: AnyUrl | str, prefix: str = "lifecycle_") -> LifecycleStore:
-    return LifecycleStore(open_database(url), prefix)
+def _active_state(row: tuple[Any, ...]) -> ActiveState:
+    history = json.loads(row[2])
+    if not isinstance(history, list) or not all(isinstance(tag, str) for tag in history):
+        raise ValueError(f"history {row[2]!r} is not a JSON list of tags")
+    if not isinstance(row[1], str) or ":" not in row[1]:
+        raise ValueError(f"tag {row[1]!r} is not name:version")
+    return ActiveState(row[0], row[1], tuple(history), row[3], float(row[4]), row[5], int(row[6]))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def open_lifecycle_store(url: AnyUrl | str, prefix: str = "lifecycle_", setting: str = "") -> LifecycleStore:
+    """Open (and create the tables of) the state; StateUnavailable naming the database (and `setting`, the
+    variable that chose it) when it cannot be opened: unreachable, a directory it cannot write, a full disk."""
+    where = redacted(url) + (f" (set by {setting})" if setting else "")
+    try:
+        database = open_database(url)
+    except open_errors() as error:
+        raise StateUnavailable(
+            unavailable_reason(f"model lifecycle state cannot be opened at {where}", error)
+        ) from error
+    try:
+        return LifecycleStore(database, prefix, where)
+    except StateUnavailable:
+        database.close()
+        raise

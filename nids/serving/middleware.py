@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from functools import cache
 from http import HTTPStatus
 from pathlib import Path
@@ -130,27 +131,55 @@ async def refuse(scope: Scope, receive: Receive, send: Send, error: NIDSError) -
     await error_response(error)(scope, receive, send)  # starlette sends a WebSocket's as a denial response
 
 
+Check = Callable[[], str]
+
+
+class Health:
+    """What /readyz says besides the models. `unready` checks return why the process must be drained (503);
+    `degraded` checks return what it serves without (a store losing rows, an unavailable audit log: 200, listed
+    under `degraded`). '' means fine. The service registers its checks at startup."""
+
+    def __init__(self) -> None:
+        self.unready: list[Check] = []
+        self.degraded: list[Check] = []
+
+    def report(self, registry: ModelRegistry) -> tuple[int, dict[str, Any]] | None:
+        """(status, body) for /readyz, or None when all is well (BentoML's own /readyz answers then)."""
+        reasons = [reason for reason in (registry.unready_reason(), *(check() for check in self.unready)) if reason]
+        degraded = [reason for reason in (check() for check in self.degraded) if reason]
+        if reasons:
+            return 503, {"error": "; ".join(reasons), "degraded": degraded}
+        if degraded:
+            return 200, {"status": "degraded", "degraded": degraded}
+        return None
+
+
+HEALTH = Health()
+
+
 class RequestGuard:
-    """ASGI middleware: 503 with the reason while no models are served, 413 for oversized bodies.
+    """ASGI middleware: 503 with the reason while no models are served, 413 for oversized bodies; /readyz
+    answered from the registry and HEALTH (503 with every reason to drain this process).
 
     It also unwraps BentoML's 4xx error bodies for exceptions (`[{"error": ...}]`) into `{"error": ...}`, the
     shape of every other error this service returns.
     """
 
-    def __init__(self, app: ASGIApp, registry: ModelRegistry) -> None:
+    def __init__(self, app: ASGIApp, registry: ModelRegistry, health: Health = HEALTH) -> None:
         self.app = app
         self.registry = registry
+        self.health = health
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if not self.registry.ready and (path in MODEL_PATHS or path == "/readyz"):
+        if not self.registry.ready and path in MODEL_PATHS:
             await send_json(send, 503, {"error": f"no verified models are being served: {self.registry.reason}"})
             return
-        if path == "/readyz" and self.registry.mismatch:  # serving a verified pair, but not the recorded one
-            await send_json(send, 200, {"status": "ready", "detail": self.registry.mismatch})
+        if path == "/readyz" and (report := self.health.report(self.registry)) is not None:
+            await send_json(send, *report)
             return
         settings = get_settings()
         if path in (CSV_PATH, CSV_UPLOAD_PATH):

@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import socket
+import threading
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+from bentoml import server_context
 from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 
 from nids.core import pipeline
 from nids.core.actions import HealingAction
 from nids.core.columns import AttackPredictions, Columns, FlowBatch, ThreatPredictions
-from nids.core.errors import NotFound
+from nids.core.database import open_errors, redacted, unavailable_reason
+from nids.core.errors import NotFound, Unavailable
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.schemas import (
     AnalyzeFlow,
@@ -44,7 +49,7 @@ from nids.observability.records import PredictionBatch, Source
 from nids.serving import balance, batching, bentoml_fixes, errors, parsing
 from nids.serving.auth import Caller, access_policy, caller_of
 from nids.serving.metrics import service_metrics
-from nids.serving.middleware import AccessGuard, RequestGuard
+from nids.serving.middleware import HEALTH, AccessGuard, RequestGuard
 from nids.serving.observability import Observability
 from nids.serving.offload import off_inference
 from nids.serving.routes import models as model_routes
@@ -72,6 +77,7 @@ Context = bentoml.Context
 # than settings.max_rows_per_batched_request rows (413) rather than split a request past the budget.
 MAX_BATCH_ROWS = 1000
 MAX_LATENCY_MS = 1000
+AUDIT_RETRY_SECONDS = 2.0
 
 
 def _codes_of_the_serving_model(flows: FlowBatch) -> None:
@@ -111,38 +117,82 @@ class NIDSService:
         self.models = REGISTRY
         self.metrics = service_metrics()
         # model lifecycle: serve the versions recorded as active (shared by workers and replicas), follow switches
+        key = settings.model_signing_key
+        REGISTRY.sync_deadline = settings.model_sync_deadline_seconds
         self.lifecycle = Lifecycle(
-            open_lifecycle_store(settings.state_url, settings.model_state_table_prefix),
+            partial(
+                open_lifecycle_store, settings.state_url, settings.model_state_table_prefix, settings.state_setting
+            ),
             REGISTRY,
             load_model,
             gate_margin=settings.model_gate_margin,
             on_switch=self.metrics.switch_models,
+            signing_key=key.get_secret_value().encode() if key else None,
+            max_package_bytes=settings.model_max_package_bytes,
+            member=(settings.replica_id or f"{socket.gethostname()}:{os.getppid()}", server_context.worker_index or 0),
+            sync_seconds=settings.model_sync_seconds,
         )
-        # any load failure leaves the service up, unready, reporting the reason
+        # any failure (state unreadable, a model that does not load) leaves the service up, unready, with the reason
         self.lifecycle.bootstrap(
             {THREAT_MODEL_NAME: settings.threat_model_tag, ATTACK_MODEL_NAME: settings.attack_model_tag}
         )
         self.metrics.observe_models(REGISTRY.current)
         self.lifecycle.start(settings.model_sync_seconds)
-        self.healing = HealingEngine.from_settings(settings)
+        self._healing: HealingEngine | None = None
+        self.healing_reason = ""
+        self._open_healing(settings)
         model_routes.app.state.lifecycle = self.lifecycle
         upload_routes.app.state.registry, upload_routes.app.state.metrics = REGISTRY, self.metrics
         upload_routes.app.state.healer = self.healer
+        HEALTH.unready.append(lambda: self.healing_reason)
+        HEALTH.degraded.append(
+            lambda: self._healing.store.outage.describe("self-healing audit log") if self._healing else ""
+        )
         # every prediction is logged off the request path (statistics, /ws/realtime, drift)
         self.observability = Observability(settings, REGISTRY)
         observability_routes.bind(self.observability)
+        HEALTH.degraded.append(self.observability.degradation)
         upload_routes.app.state.observability = self.observability
         # what is loaded by now lives as long as the process: keep it out of every later full collection
         gc.collect()
         gc.freeze()
 
+    def _open_healing(self, settings: Settings) -> None:
+        """Open the audit log; while it cannot be opened (unreachable, a data directory it cannot write), the
+        service is unready naming it, and a thread retries until it opens. A bad policy file still stops startup."""
+        try:
+            self._healing = HealingEngine.from_settings(settings)
+        except (*open_errors(), Unavailable) as error:
+            setting = "NIDS_HEALING_AUDIT_URL" if settings.healing_audit_url else "NIDS_DATA_DIR"
+            where = f"the self-healing audit log cannot be opened at {redacted(settings.audit_url)} (set by {setting})"
+            # the driver's own text goes to the log only (nids.core.database.unavailable_reason)
+            reason = f"{where}: {error}" if isinstance(error, Unavailable) else unavailable_reason(where, error)
+            if reason != self.healing_reason:
+                logger.error("%s; retrying", reason)
+            self.healing_reason = reason
+            timer = threading.Timer(AUDIT_RETRY_SECONDS, self._open_healing, args=(settings,))
+            timer.daemon = True
+            timer.start()
+        else:
+            if self.healing_reason:
+                logger.info("the self-healing audit log is open again")
+            self.healing_reason = ""
+
+    @property
+    def healing(self) -> HealingEngine:
+        """The self-healing engine; 503 naming why while the audit log could not be opened yet."""
+        if self._healing is None:
+            raise Unavailable(self.healing_reason)
+        return self._healing
+
     def __is_ready__(self) -> bool:
-        return self.models.ready
+        return not self.models.unready_reason() and self._healing is not None
 
     @bentoml.on_shutdown
     def close(self) -> None:
         self.lifecycle.stop()
-        self.healing.close()
+        if self._healing is not None:
+            self._healing.close()
         self.observability.close()
 
     def healer(self, caller: Caller | None) -> pipeline.Healer:

@@ -26,7 +26,7 @@ from nids.core.budget import SlidingWindow
 from nids.core.errors import RequestTooLarge, TooManyRequests
 from nids.core.settings import get_settings
 from nids.models.bundles import import_file, parse_profile, upload_kind
-from nids.models.lifecycle import Lifecycle, ModelEntry, ReplicaStatus, parse_model_type
+from nids.models.lifecycle import FleetStatus, Lifecycle, ModelEntry, ReplicaStatus, parse_model_type
 from nids.models.packages import SigningNotConfigured, import_package, write_package
 from nids.models.state import LifecycleEvent
 from nids.serving.auth import AdminCaller
@@ -71,6 +71,12 @@ def replica_status(service: Service) -> list[ReplicaStatus]:
     return service.replica_status()
 
 
+@app.get("/status/fleet", response_model=FleetStatus)
+def fleet_status(service: Service) -> FleetStatus:
+    """Every serving process of every replica sharing the state: versions served, last heartbeat, lag."""
+    return service.fleet_status()
+
+
 @app.get("/events/audit", response_model=list[LifecycleEvent])
 def events(
     service: Service, model_type: ModelType = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
@@ -109,10 +115,11 @@ def upload(
             kind = upload_kind(file.filename, handle.read(512))
         if kind == "package":
             tag = import_package(path, key, limit, expected_name=model_type)
-            return service.registered(tag, caller.label, description)
+            # the signed bytes as received are what every other replica fetches
+            return service.registered(tag, caller.label, description, path.read_bytes())
         profile = parse_profile(profile_config.file.read(MAX_PROFILE_BYTES) if profile_config is not None else None)
         imported = import_file(path, file.filename, model_type, signature, key, limit, profile)
-    return service.registered(imported.tag, caller.label, description)
+    return service.registered(imported.tag, caller.label, description)  # packed and signed here for the fleet
 
 
 @app.get("/{model_id}", response_model=ModelEntry)
