@@ -34,7 +34,15 @@ from typing import Any, TypeVar
 
 from pydantic import AnyUrl, BaseModel, Field
 
-from nids.core.database import Database, Statement, open_database, open_errors, redacted, unavailable_reason
+from nids.core.database import (
+    Database,
+    Statement,
+    cause_of,
+    open_database,
+    open_errors,
+    redacted,
+    unavailable_reason,
+)
 from nids.core.errors import Unavailable
 
 HISTORY_LIMIT = 50
@@ -392,10 +400,8 @@ def open_lifecycle_store(url: AnyUrl | str, prefix: str = "lifecycle_", setting:
     where = redacted(url) + (f" (set by {setting})" if setting else "")
     try:
         database = open_database(url)
-    except open_errors() as error:
-        raise StateUnavailable(
-            unavailable_reason(f"model lifecycle state cannot be opened at {where}", error)
-        ) from error
+    except open_errors() as error:  # the driver's own text: in the log (Lifecycle.bootstrap), not the reason
+        raise StateUnavailable(f"model lifecycle state cannot be opened at {where}: {cause_of(error)}") from error
     try:
         return LifecycleStore(database, prefix, where)
     except StateUnavailable:

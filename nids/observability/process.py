@@ -36,7 +36,7 @@ from typing import Any
 
 from nids.core.database import open_database
 from nids.core.settings import LogPriority
-from nids.observability.log import BatchQueue, LostReason, PredictionLog
+from nids.observability.log import BatchQueue, LostReason, OutageObserver, PredictionLog
 from nids.observability.records import PredictionBatch
 from nids.observability.store import PredictionStore
 
@@ -57,9 +57,10 @@ class PredictionLogProcess:
         queue_rows: int = 100_000,
         on_written: Callable[[int], None] = lambda rows: None,
         on_lost: Callable[[LostReason, int], None] = lambda reason, rows: None,
+        on_outage: OutageObserver = lambda since, error, queued: None,
         **options: Any,
     ) -> None:
-        self.on_written, self.on_lost = on_written, on_lost
+        self.on_written, self.on_lost, self.on_outage = on_written, on_lost, on_outage
         ours, theirs = socket.socketpair()
         config = {"url": url, "table_prefix": table_prefix, "priority": priority, "queue_rows": queue_rows, **options}
         path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))
@@ -111,12 +112,14 @@ class PredictionLogProcess:
                 return
 
     def _receive(self) -> None:
-        """Counts from the child: ("written", rows) and ("lost", reason, rows)."""
+        """Counts from the child: ("written", rows), ("lost", reason, rows), ("outage", since, error, queued)."""
         try:
             while True:
                 message = pickle.loads(self._conn.recv_bytes())
                 if message[0] == "written":
                     self.on_written(message[1])
+                elif message[0] == "outage":
+                    self.on_outage(*message[1:])
                 else:
                     self.on_lost(message[1], message[2])
         except (EOFError, OSError) as error:
@@ -174,6 +177,7 @@ def _serve(conn: Connection) -> None:
         store,
         on_written=lambda rows: reply("written", rows),
         on_lost=lambda reason, rows: reply("lost", reason, rows),
+        on_outage=lambda since, error, queued: reply("outage", since, error, queued),
         **config,
     )
     try:

@@ -64,6 +64,19 @@ class LoggedPrediction(BaseModel):
     features: dict[str, Any] | None = Field(None, description="the flow's features (the list API only)")
 
 
+class LogHealth(BaseModel):
+    """Whether this worker's prediction log records everything (also on /readyz, under `degraded`, when not)."""
+
+    complete: bool = Field(description="nothing dropped and the store reachable")
+    lost_rows: dict[str, int] = Field(description="rows not recorded since this worker started, per reason")
+    lost_since: datetime | None = Field(description="when the first of them was dropped")
+    last_lost_at: datetime | None
+    store_unavailable_since: datetime | None = Field(description="the store has failed every write since then")
+    store_error: str | None
+    buffered_rows: int = Field(description="rows held in memory until the store is back (bounded, then dropped)")
+    detail: str = Field(description="the same in words ('' when complete)")
+
+
 class PredictionStats(BaseModel):
     total_predictions: int
     total_attacks: int
@@ -73,6 +86,7 @@ class PredictionStats(BaseModel):
     recent_predictions: list[LoggedPrediction] = Field(description="the last 100, newest first")
     since: datetime | None
     until: datetime | None
+    log: LogHealth | None = Field(None, description="what this worker's log dropped or holds back, since when")
 
 
 class TimeWindow(BaseModel):

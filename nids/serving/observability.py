@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from nids.core.database import open_database
+from nids.core.database import cause_of, open_database, redacted
 from nids.core.errors import Unavailable
 from nids.observability.drift import DriftMonitor
-from nids.observability.log import LostReason
+from nids.observability.log import LossTally, LostReason
 from nids.observability.process import PredictionLogProcess
+from nids.observability.schemas import LogHealth
 from nids.observability.store import LogUnavailable, PredictionStore, logged_prediction
 from nids.observability.stream import Hub
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from nids.observability.schemas import DriftReport, LoggedPrediction
 
 logger = logging.getLogger("nids.observability")
+OPEN_RETRY_SECONDS = 2.0
 
 
 class ObservabilityMetrics:
@@ -89,9 +92,12 @@ class Observability:
         self.hub: Hub | None = None
         self.drift: DriftMonitor | None = None
         self.reason = "the prediction log is disabled (NIDS_PREDICTION_LOG_ENABLED=false)"
+        self.opened_at = time.time()
         self._closing = threading.Event()
         self._drift_lock = threading.Lock()
         self._drift_cache: tuple[float, ActiveModels, DriftReport] | None = None
+        self.lost = LossTally()
+        self._outage: tuple[float | None, str, int] = (None, "", 0)  # the writer's: failing since, error, queued
         if settings.prediction_log_enabled:
             self._open(settings)
 
@@ -101,13 +107,21 @@ class Observability:
         try:
             # opens and migrates; reads never wait on writes; the writer process checkpoints
             reader = PredictionStore(open_database(url, checkpoints=False), prefix)
-        except Exception as error:  # the service still predicts; what it cannot log is counted
-            logger.exception("the prediction log cannot be opened: %s: %s", type(error).__name__, error)
-            self.reason = (
-                "the prediction log cannot be opened: check that the database of NIDS_PREDICTION_LOG_URL is up and "
-                "reachable (the server's log names the cause)"
-            )
+        except Exception as error:  # the service still predicts; what it cannot log is counted; retried
+            setting = "NIDS_PREDICTION_LOG_URL" if settings.prediction_log_url else "NIDS_DATA_DIR"
+            # the cause's class for callers; the driver's own text in the log, once per distinct cause
+            reason = f"the prediction log cannot be opened at {redacted(url)} (set by {setting}): {cause_of(error)}"
+            if reason != self.reason:
+                logger.error(
+                    "%s (%s: %s); retrying every %g s", reason, type(error).__name__, error, OPEN_RETRY_SECONDS
+                )
+            self.reason = reason
+            if not self._closing.is_set():
+                retry = threading.Timer(OPEN_RETRY_SECONDS, self._open, args=(settings,))
+                retry.daemon = True
+                retry.start()
             return
+        logger.info("prediction log open at %s", redacted(url))
         # written by a process of its own, at a lower priority than inference (nids.observability.process)
         self.log = PredictionLogProcess(
             str(url),
@@ -119,7 +133,8 @@ class Observability:
             max_rows=settings.prediction_log_max_rows,
             max_age_seconds=settings.prediction_log_max_age_days * 86_400,
             on_written=self.metrics.written.inc,
-            on_lost=self.metrics.lost_rows,
+            on_lost=self._lost,
+            on_outage=self._on_outage,
         )
         self.reader = reader
         self.hub = Hub(
@@ -141,7 +156,39 @@ class Observability:
         if self.log is not None:
             self.log.record(batch)
         elif self.settings.prediction_log_enabled:
-            self.metrics.lost_rows("store_error", len(batch))
+            self._lost("store_error", len(batch))
+
+    def _lost(self, reason: LostReason, rows: int) -> None:
+        self.metrics.lost_rows(reason, rows)
+        self.lost.add(reason, rows)
+
+    def _on_outage(self, since: float | None, error: str, queued: int) -> None:
+        self._outage = (since, error, queued)
+
+    def health(self) -> LogHealth:
+        """What this worker's log dropped (since when) and whether its store takes writes now."""
+        since, error, queued = self._outage
+        if self.log is None and self.settings.prediction_log_enabled:
+            since, error = since or self.opened_at, self.reason
+        lost = self.lost
+        details = [
+            lost.describe(),
+            f"prediction log store unavailable since {_iso(since)}, {queued} rows buffered: {error}" if since else "",
+        ]
+        return LogHealth(
+            complete=lost.first_at is None and since is None,
+            lost_rows=dict(lost.rows),
+            lost_since=_datetime(lost.first_at),
+            last_lost_at=_datetime(lost.last_at),
+            store_unavailable_since=_datetime(since),
+            store_error=error or None,
+            buffered_rows=queued,
+            detail="; ".join(filter(None, details)),
+        )
+
+    def degradation(self) -> str:
+        """For /readyz: '' while the log records everything."""
+        return self.health().detail if self.settings.prediction_log_enabled else ""
 
     def record_now(self, batch: PredictionBatch) -> list[LoggedPrediction] | None:
         """Write the batch on the caller's thread and answer its logged predictions (the CSV API returns their ids).
@@ -194,3 +241,11 @@ class Observability:
         for part in (self.log, self.reader):
             if part is not None:
                 part.close()
+
+
+def _datetime(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from nids.core import pipeline
 from nids.core.actions import HealingAction
 from nids.core.columns import AttackPredictions, Columns, FlowBatch, ThreatPredictions
-from nids.core.database import open_errors, redacted, unavailable_reason
+from nids.core.database import cause_of, open_errors, redacted
 from nids.core.errors import NotFound, Unavailable
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.schemas import (
@@ -165,10 +165,10 @@ class NIDSService:
         except (*open_errors(), Unavailable) as error:
             setting = "NIDS_HEALING_AUDIT_URL" if settings.healing_audit_url else "NIDS_DATA_DIR"
             where = f"the self-healing audit log cannot be opened at {redacted(settings.audit_url)} (set by {setting})"
-            # the driver's own text goes to the log only (nids.core.database.unavailable_reason)
-            reason = f"{where}: {error}" if isinstance(error, Unavailable) else unavailable_reason(where, error)
+            # the cause's class for callers; the driver's own text in the log, once per distinct cause
+            reason = f"{where}: {error}" if isinstance(error, Unavailable) else f"{where}: {cause_of(error)}"
             if reason != self.healing_reason:
-                logger.error("%s; retrying", reason)
+                logger.error("%s (%s: %s); retrying", reason, type(error).__name__, error)
             self.healing_reason = reason
             timer = threading.Timer(AUDIT_RETRY_SECONDS, self._open_healing, args=(settings,))
             timer.daemon = True

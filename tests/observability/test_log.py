@@ -109,6 +109,73 @@ def test_a_store_that_is_down_costs_no_latency_and_is_counted(tmp_path: Path, mo
     log.close()
 
 
+@pytest.fixture
+def own_database() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, so that an outage of it (connections refused, sessions ended)
+    touches nothing else on the server."""
+    if reason := postgres_reachable():
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"nids_outage_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _allow_connections(database: str, allowed: bool) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS {str(allowed).lower()}")
+        if not allowed:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+
+def test_a_store_outage_is_buffered_and_written_once_it_is_back(
+    own_database: str, models: ActiveModels, flows: Any
+) -> None:
+    """12,000 rows - a minute of 200 single-flow requests/s - recorded while PostgreSQL refuses every connection
+    are all written once it accepts them again; the outage is reported while it lasts, nothing is lost."""
+    lost: dict[str, int] = {}
+    outages: list[tuple[float | None, str, int]] = []
+    url = PG_URL.rsplit("/", 1)[0] + f"/{own_database}"
+    store = PredictionStore(PostgresDatabase(url, connect_timeout=2))
+    log = PredictionLog(
+        store,
+        flush_seconds=0.05,
+        on_lost=lambda reason, n: lost.__setitem__(reason, lost.get(reason, 0) + n),
+        on_outage=lambda since, error, queued: outages.append((since, error, queued)),
+    )
+    try:
+        _allow_connections(own_database, False)
+        one = batch(models, flows)
+        for _ in range(60):
+            log.record(one)
+        deadline = time.monotonic() + 30
+        while not outages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        since, error, _ = outages[0]
+        assert since is not None and error  # e.g. AdminShutdown, then OperationalError: connections refused
+        assert log.outage.since is not None
+        _allow_connections(own_database, True)
+        reader = PredictionStore(PostgresDatabase(url))
+        deadline = time.monotonic() + 60
+        while reader.stats(TimeWindow(), time.time()).total_predictions < 12_000 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert reader.stats(TimeWindow(), time.time()).total_predictions == 12_000
+        reader.close()
+        assert lost == {}
+        assert outages[-1][0] is None and log.outage.since is None  # the end of the outage was reported too
+    finally:
+        _allow_connections(own_database, True)
+        log.close()
+
+
 def test_stream_drops_for_a_full_client_only(tmp_path: Path, models: ActiveModels, flows: Any) -> None:
     store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
     store.insert(batch(models, flows[:20]).rows())

@@ -84,7 +84,8 @@ def list_predictions(query: Annotated[PredictionQuery, Query()]) -> list[LoggedP
 def prediction_stats(window: Annotated[TimeWindow, Query()]) -> PredictionStats:
     """Totals, attack rate, attack-type distribution and the last 100 predictions (optionally in a window)."""
     observability = _observability()
-    return observability.require(observability.reader).stats(window, time.time())
+    stats = observability.require(observability.reader).stats(window, time.time())
+    return stats.model_copy(update={"log": observability.health()})
 
 
 @api.get("/predictions/{prediction_id}")
