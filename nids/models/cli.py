@@ -43,8 +43,16 @@ def _signature(args: argparse.Namespace) -> str | None:
 
 
 def _lifecycle(settings: Settings) -> Lifecycle:
-    store = open_lifecycle_store(settings.state_url, settings.model_state_table_prefix)
-    return Lifecycle(store, ModelRegistry(), load_model, gate_margin=settings.model_gate_margin)
+    store = open_lifecycle_store(settings.state_url, settings.model_state_table_prefix, settings.state_setting)
+    return Lifecycle(
+        store,
+        ModelRegistry(),
+        load_model,
+        gate_margin=settings.model_gate_margin,
+        signing_key=_key(settings),
+        max_package_bytes=settings.model_max_package_bytes,
+        member=(f"cli:{getpass.getuser()}", 0),
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,7 +122,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, object]:
     try:
         if args.command == "import":
             tag = import_package(args.package, _key(settings), limit, expected_name=args.model_type)
-            return lifecycle.registered(tag, actor, args.description).model_dump(mode="json")
+            # the signed bytes, stored once where every replica sharing the state fetches them
+            return lifecycle.registered(tag, actor, args.description, args.package.read_bytes()).model_dump(mode="json")
         if args.command == "import-bundle":
             profile = parse_profile(args.profile.read_bytes() if args.profile else None)
             model_type = args.model_type or profile.get("model_type")
