@@ -245,6 +245,11 @@ class Settings(BaseSettings):
         return self.model_state_url or self.healing_audit_url or default
 
     @property
+    def signing_key(self) -> bytes | None:
+        """NIDS_MODEL_SIGNING_KEY as the HMAC key (None when not set)."""
+        return self.model_signing_key.get_secret_value().encode() if self.model_signing_key else None
+
+    @property
     def state_setting(self) -> str:
         """The variable that chose state_url (named in the reason when it cannot be opened)."""
         if self.model_state_url:

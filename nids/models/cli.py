@@ -29,10 +29,6 @@ from nids.models.registry import ModelRegistry
 from nids.models.state import open_lifecycle_store
 
 
-def _key(settings: Settings) -> bytes | None:
-    return settings.model_signing_key.get_secret_value().encode() if settings.model_signing_key else None
-
-
 def _signature(args: argparse.Namespace) -> str | None:
     """--signature as hex or as a file holding it; else FILE.sig beside the file; else none (refused)."""
     given = args.signature
@@ -49,7 +45,7 @@ def _lifecycle(settings: Settings) -> Lifecycle:
         ModelRegistry(),
         load_model,
         gate_margin=settings.model_gate_margin,
-        signing_key=_key(settings),
+        signing_key=settings.signing_key,
         max_package_bytes=settings.model_max_package_bytes,
         member=(f"cli:{getpass.getuser()}", 0),
     )
@@ -99,29 +95,29 @@ def run(argv: Sequence[str] | None = None) -> dict[str, object]:
     actor = f"cli:{getpass.getuser()}"
     limit = settings.model_max_package_bytes
     if args.command == "export":
-        key = None if args.unsigned else _key(settings)
+        key = None if args.unsigned else settings.signing_key
         with args.out.open("wb") as out:
             write_package(bentoml.models.get(args.tag), out, key)
         return {"exported": args.tag, "path": str(args.out), "signed": key is not None}
     if args.command == "sign":
-        key = _key(settings)
+        key = settings.signing_key
         if key is None:
             raise SigningNotConfigured("signing a model package")
         return {"signed": sign_package(args.package, args.out, key, limit), "path": str(args.out)}
     if args.command == "sign-bundle":
-        key = _key(settings)
+        key = settings.signing_key
         if key is None:
             raise SigningNotConfigured("signing a model bundle")
         out = args.file.with_name(args.file.name + ".sig")
         out.write_text(file_signature(args.file, key) + "\n")
         return {"signed": str(args.file), "signature_file": str(out)}
     if args.command == "verify":
-        verified = verify_package(args.package, _key(settings), limit)
+        verified = verify_package(args.package, settings.signing_key, limit)
         return {"verified": verified.tag, "files": [entry.as_dict() for entry in verified.files]}
     lifecycle = _lifecycle(settings)
     try:
         if args.command == "import":
-            tag = import_package(args.package, _key(settings), limit, expected_name=args.model_type)
+            tag = import_package(args.package, settings.signing_key, limit, expected_name=args.model_type)
             # the signed bytes, stored once where every replica sharing the state fetches them
             return lifecycle.registered(tag, actor, args.description, args.package.read_bytes()).model_dump(mode="json")
         if args.command == "import-bundle":
@@ -130,7 +126,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, object]:
             if model_type not in ("threat_detector", "attack_classifier"):
                 raise BundleRefused("give --model-type threat_detector|attack_classifier, or model_type in the profile")
             imported = import_file(
-                args.file, args.file.name, model_type, _signature(args), _key(settings), limit, profile
+                args.file, args.file.name, model_type, _signature(args), settings.signing_key, limit, profile
             )
             return lifecycle.registered(imported.tag, actor, args.description).model_dump(mode="json")
         if args.command == "activate":

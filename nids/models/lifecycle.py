@@ -32,7 +32,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, Field
 
-from nids.core.errors import Conflict, InvalidInput, NotFound
+from nids.core.errors import Conflict, InvalidInput, NIDSError, NotFound
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.model import ActiveModels, LoadedModel
 from nids.models.artifacts import ModelLoadError, point_latest
@@ -215,6 +215,7 @@ class Lifecycle:
         self.started_at = time.time()
         self._configured: dict[str, str] = {}
         self._booted = False
+        self._boot_failure = ""
         self._errors: dict[str, str] = {}  # model type -> why the recorded version is not served here
         self._failed: dict[str, tuple[str, float]] = {}  # model type -> (tag that failed to load, when)
         self._sync_lock = threading.Lock()
@@ -242,7 +243,9 @@ class Lifecycle:
             self._bootstrap()
         except StateUnavailable as exc:
             self.registry.unavailable(str(exc))
-            logger.error("not serving until the model lifecycle state can be read: %s", exc)
+            if str(exc) != self._boot_failure:  # once per distinct reason, not once a poll
+                logger.error("not serving until the model lifecycle state can be read (retrying): %s", exc)
+            self._boot_failure = str(exc)
             return
         self._booted = True
         self._beat()
@@ -503,7 +506,7 @@ class Lifecycle:
             if tag.partition(":")[0] in types:
                 try:
                     self._local(tag)
-                except (ModelLoadError, InvalidInput, StateUnavailable) as exc:
+                except NIDSError as exc:  # refused, too large, unverifiable: listed where it can be fetched
                     logger.error("cannot fetch the shared package of %s: %s", tag, exc)
 
     def get_version(self, model_id: str) -> ModelEntry:

@@ -117,7 +117,6 @@ class NIDSService:
         self.models = REGISTRY
         self.metrics = service_metrics()
         # model lifecycle: serve the versions recorded as active (shared by workers and replicas), follow switches
-        key = settings.model_signing_key
         REGISTRY.sync_deadline = settings.model_sync_deadline_seconds
         self.lifecycle = Lifecycle(
             partial(
@@ -127,7 +126,7 @@ class NIDSService:
             load_model,
             gate_margin=settings.model_gate_margin,
             on_switch=self.metrics.switch_models,
-            signing_key=key.get_secret_value().encode() if key else None,
+            signing_key=settings.signing_key,
             max_package_bytes=settings.model_max_package_bytes,
             member=(settings.replica_id or f"{socket.gethostname()}:{os.getppid()}", server_context.worker_index or 0),
             sync_seconds=settings.model_sync_seconds,

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,11 +68,18 @@ async def _run(settings: Settings) -> int:
 
     service_settings = get_settings()
     # the versions recorded as active (shared with the service's replicas), followed as they switch
+    # (fetching the versions its own store lacks from the shared packages, and listed in the fleet status)
     lifecycle = Lifecycle(
-        open_lifecycle_store(service_settings.state_url, service_settings.model_state_table_prefix),
+        open_lifecycle_store(
+            service_settings.state_url, service_settings.model_state_table_prefix, service_settings.state_setting
+        ),
         REGISTRY,
         load_model,
         gate_margin=service_settings.model_gate_margin,
+        signing_key=service_settings.signing_key,
+        max_package_bytes=service_settings.model_max_package_bytes,
+        member=(f"stream:{service_settings.replica_id or socket.gethostname()}:{os.getpid()}", 0),
+        sync_seconds=service_settings.model_sync_seconds,
     )
     lifecycle.bootstrap(
         {THREAT_MODEL_NAME: service_settings.threat_model_tag, ATTACK_MODEL_NAME: service_settings.attack_model_tag}

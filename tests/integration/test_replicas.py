@@ -147,7 +147,7 @@ def test_an_upload_reaches_every_replica_but_moves_nothing(fleet: Fleet) -> None
     assert uploaded.json()["is_active"] is False
     # listed through another replica (fetched from the shared packages into its own store)
     listed = httpx.get(f"{third.url}{MODELS}/", params={"model_type": THREAT_MODEL_NAME}, timeout=120).json()
-    assert fleet.new in {entry["id"] for entry in listed}
+    assert fleet.new in {entry["tag"] for entry in listed}
     # nothing implicit: every store's :latest, and what every replica serves, is still the active version
     assert [latest_in(home) for home in fleet.homes] == [fleet.threat] * 3
     assert all_serve(fleet, fleet.threat)

@@ -194,11 +194,10 @@ def export(service: Service, caller: AdminCaller, model_id: str) -> FileResponse
                 f"at most {settings.model_max_exports_per_minute} exports a minute "
                 "(NIDS_MODEL_MAX_EXPORTS_PER_MINUTE); try again later"
             )
-        key = settings.model_signing_key
         directory = tempfile.mkdtemp(prefix="nids-export-")
         path = Path(directory) / f"{model.tag.name}-{model.tag.version}.bentomodel"
         with path.open("wb") as out:
-            write_package(model, out, key.get_secret_value().encode() if key else None)
+            write_package(model, out, settings.signing_key)
     finally:
         _exporting.release()
     service.audit(caller.label, "export", model_type=model.tag.name, from_tag=str(model.tag))
