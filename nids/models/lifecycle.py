@@ -244,7 +244,13 @@ class Lifecycle:
         except StateUnavailable as exc:
             self.registry.unavailable(str(exc))
             if str(exc) != self._boot_failure:  # once per distinct reason, not once a poll
-                logger.error("not serving until the model lifecycle state can be read (retrying): %s", exc)
+                cause = exc.__cause__
+                logger.error(  # with the driver's own text, which the reason leaves out
+                    "not serving until the model lifecycle state can be read (retrying): %s (%s: %s)",
+                    exc,
+                    type(cause).__name__,
+                    cause,
+                )
             self._boot_failure = str(exc)
             return
         self._booted = True

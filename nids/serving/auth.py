@@ -158,6 +158,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", MODELS + "/stats/storage"): VIEWER,
     ("GET", MODELS + "/profile/{model_type}"): VIEWER,
     ("GET", MODELS + "/status/replica"): VIEWER,
+    ("GET", MODELS + "/status/fleet"): VIEWER,
     ("GET", MODELS + "/events/audit"): VIEWER,
     ("GET", MODELS + "/{model_id}"): VIEWER,
     ("POST", MODELS + "/upload"): ADMIN,
