@@ -31,7 +31,7 @@ from tests.conftest import clone_model_version
 from .conftest import BENTOML, Server, copy_store
 from .test_lifecycle import ADMIN, MODELS, SIGNING_KEY, served_version
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.long_running]
 
 PG_URL = os.environ.get("NIDS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SWITCH_DEADLINE = 5.0  # every replica serves an activation within this (poll deadline, not a timing assertion)

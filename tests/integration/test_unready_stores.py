@@ -26,7 +26,7 @@ from nids.models.state import open_lifecycle_store
 from ..healing.conftest import PG_URL, postgres_reachable
 from .conftest import REPO, Server
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.long_running]
 
 RECOVERY_SECONDS = 60.0
 DETECT = json.loads((REPO / "tests" / "fixtures" / "detect_threat.json").read_text())
