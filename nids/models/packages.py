@@ -18,6 +18,7 @@ the package is deserialized here: the pickle is loaded only when a verified mode
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
@@ -181,8 +182,9 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         raise PackageRefused(f"the package is not a readable tar archive ({type(exc).__name__}: {exc})") from exc
 
 
-def _unpack(package: Path, target: Path, max_bytes: int, *, signature_required: bool = True) -> Unpacked:
-    """Check every member and write the files (never the signature) under `target`."""
+def _unpack(package: Path, target: Path | None, max_bytes: int, *, signature_required: bool = True) -> Unpacked:
+    """Check every member and write the files (never the signature) under `target`; with no target, only read and
+    hash them (to check the signature before anything is written)."""
     size = package.stat().st_size
     if size > max_bytes:
         raise PackageTooLarge(f"the package has {size} bytes; the limit is {max_bytes} (NIDS_MODEL_MAX_PACKAGE_BYTES)")
@@ -221,23 +223,25 @@ def _unpack(package: Path, target: Path, max_bytes: int, *, signature_required: 
                     raise PackageRefused(f"{SIGNATURE_FILE} is over {MAX_SIGNATURE_BYTES} bytes")
                 signature = source.read()
                 continue
-            files.append(_write_member(source, target / name, name))
+            files.append(_write_member(source, target / name if target is not None else None, name))
     if signature is None and signature_required:
         raise PackageRefused(
             f"the package is unsigned: it has no {SIGNATURE_FILE} (sign it with `python -m nids.models.cli sign`)"
         )
-    return Unpacked(directory=target, files=files, signature=None if signature is None else _parse(signature))
+    return Unpacked(directory=target or Path(), files=files, signature=None if signature is None else _parse(signature))
 
 
-def _write_member(source: IO[bytes], path: Path, name: str) -> FileEntry:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_member(source: IO[bytes], path: Path | None, name: str) -> FileEntry:
     digest, size = hashlib.sha256(), 0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with path.open("wb") as sink:
+        with path.open("wb") if path is not None else contextlib.nullcontext() as sink:
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
-                sink.write(chunk)
+                if sink is not None:
+                    sink.write(chunk)
     except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as exc:
         raise PackageRefused(f"package member {name!r} is truncated or corrupt ({exc})") from exc
     return FileEntry(name=name, size=size, sha256=digest.hexdigest())
@@ -321,9 +325,10 @@ def import_package(package: Path, key: bytes | None, max_bytes: int, expected_na
     """
     if key is None:
         raise SigningNotConfigured("a model upload or import")
+    _check_signature(_unpack(package, None, max_bytes), key)  # the bytes received are signed: only then unpack
     with tempfile.TemporaryDirectory(prefix="nids-import-") as tmp:
         unpacked = _unpack(package, Path(tmp) / "model", max_bytes)
-        tag = _check_signature(unpacked, key)
+        tag = _check_signature(unpacked, key)  # what was written is what was signed
         model = _store_model(unpacked.directory)
         if str(model.tag) != tag:
             raise PackageRefused(f"the package's model.yaml names {model.tag}, its signature {tag}")

@@ -195,3 +195,21 @@ def test_wrong_model_type(package) -> None:
             import_package(path, KEY, LIMIT, expected_name="attack_classifier")
     finally:
         import_package(path, KEY, LIMIT)
+
+
+def test_the_signature_is_checked_before_anything_is_unpacked(package, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package signed with another key is refused having been read, never written (issue 19)."""
+    from nids.models import packages
+
+    written: list[Path] = []
+    write = packages._write_member
+
+    def recording(source, path, name):
+        if path is not None:
+            written.append(path)
+        return write(source, path, name)
+
+    monkeypatch.setattr(packages, "_write_member", recording)
+    with pytest.raises(PackageRefused, match="signature does not match"):
+        import_package(package[1], b"another-key", LIMIT)
+    assert written == []
