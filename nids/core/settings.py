@@ -94,10 +94,10 @@ class Settings(BaseSettings):
         default_factory=list, description="the service's own addresses (never blocked); the host name's are added"
     )
     healing_unauthorised_events_per_minute: int = Field(
-        600, gt=0, description="events a minute per caller not authorised to enforce (per worker); past it 429"
+        20_000, gt=0, description="events a minute per caller not authorised to enforce (per worker); past it 429"
     )
     healing_unauthorised_events_per_request: int = Field(
-        1_000, gt=0, description="events in one request of a caller not authorised to enforce; more: 429"
+        10_000, gt=0, description="events in one request of a caller not authorised to enforce; more: 429"
     )
     healing_audit_max_rows: int = Field(1_000_000, gt=0, description="retention: the newest decisions kept")
     healing_audit_max_age_days: float = Field(90.0, gt=0, description="retention: older decisions are deleted")
