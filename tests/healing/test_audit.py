@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from nids.core.settings import Settings
 from nids.healing import HealingEngine
-from nids.healing.audit import AuditStore, BlockConflict, open_audit_store
+from nids.healing.audit import AuditStore, AuditUnavailable, BlockConflict, SqliteAuditStore, open_audit_store
 from nids.healing.schemas import ActionQuery, ActionRecord
 
 from .conftest import PG_URL, POLICY_FILE, ROOT, T0, drop_tables, postgres_reachable
@@ -191,3 +191,20 @@ def test_sqlite_default_lives_in_the_data_directory(tmp_path: Path):
     engine = HealingEngine.from_settings(Settings(data_dir=tmp_path / "state", healing_policy_file=POLICY_FILE))
     engine.close()
     assert (tmp_path / "state" / "healing-audit.sqlite3").is_file()
+
+
+def test_an_audit_store_that_fails_says_since_when_and_how_often_until_it_works(tmp_path: Path) -> None:
+    """What /readyz lists under `degraded` while the audit log is unavailable (nids.core.database.Outage)."""
+    store = SqliteAuditStore(tmp_path / "audit.sqlite3")
+    try:
+        assert store.outage.describe("audit log") == ""
+        store.db.execute([(f"DROP TABLE {store.state}", {})])  # every flag read now fails in the driver
+        for _ in range(2):
+            with pytest.raises(AuditUnavailable):
+                store.get_flag("x")
+        said = store.outage.describe("audit log")
+        assert said.startswith("audit log unavailable since ") and "2 failed attempts" in said
+        store.create_schema()  # repaired: the next call works and the outage is over
+        assert store.get_flag("x") is None and store.outage.describe("audit log") == ""
+    finally:
+        store.close()
