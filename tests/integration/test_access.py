@@ -318,4 +318,10 @@ def test_no_process_of_the_server_shows_a_password(server: Server) -> None:
     assert len(processes) >= 3
     for process in processes:
         assert PASSWORD not in " ".join(process.cmdline()), process.cmdline()
-    assert PASSWORD not in server.log.read_text(errors="replace")
+    assert httpx.get(f"{server.url}/api/v1/predictions", headers=headers("not-a-token"), timeout=30).status_code == 403
+    deadline = time.monotonic() + 30
+    while "access refused: GET /api/v1/predictions" not in (log := server.log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, "refusals are logged (at INFO)"
+        time.sleep(0.2)
+    assert PASSWORD not in log
+    assert not [token for token in [*TOKENS.values(), "not-a-token"] if token in log], "never with the token"

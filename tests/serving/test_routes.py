@@ -71,3 +71,21 @@ def test_a_name_without_versions_lists_empty(model_store) -> None:
 def test_unknown_paths_and_methods_answer_in_the_error_shape(client: TestClient, method: str, path: str, status: int):
     response = client.request(method, path)
     assert response.status_code == status and set(response.json()) == {"error"}
+
+
+def test_export_is_bounded_in_size_and_rate(client: TestClient, model_store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nids.core.settings import get_settings
+
+    admin = {"authorization": "Bearer admin-secret"}
+    monkeypatch.setenv("NIDS_ADMIN_TOKEN", "admin-secret")
+    monkeypatch.setenv("NIDS_MODEL_MAX_PACKAGE_BYTES", "1000")
+    get_settings.cache_clear()
+    too_large = client.get(f"/{model_store.threat_tag}/export", headers=admin)
+    assert too_large.status_code == 413 and "NIDS_MODEL_MAX_PACKAGE_BYTES" in too_large.json()["error"]
+    monkeypatch.setenv("NIDS_MODEL_MAX_PACKAGE_BYTES", str(256 * 1024 * 1024))
+    monkeypatch.setenv("NIDS_MODEL_MAX_EXPORTS_PER_MINUTE", "2")
+    get_settings.cache_clear()
+    answers = [client.get(f"/{model_store.threat_tag}/export", headers=admin) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    assert "NIDS_MODEL_MAX_EXPORTS_PER_MINUTE" in answers[2].json()["error"]
+    assert client.get(f"/{model_store.threat_tag}/export").status_code == 401
