@@ -143,14 +143,12 @@ class NIDSService:
         model_routes.app.state.lifecycle = self.lifecycle
         upload_routes.app.state.registry, upload_routes.app.state.metrics = REGISTRY, self.metrics
         upload_routes.app.state.healer = self.healer
-        HEALTH.unready.append(lambda: self.healing_reason)
-        HEALTH.degraded.append(
-            lambda: self._healing.store.outage.describe("self-healing audit log") if self._healing else ""
-        )
         # every prediction is logged off the request path (statistics, /ws/realtime, drift)
         self.observability = Observability(settings, REGISTRY)
         observability_routes.bind(self.observability)
-        HEALTH.degraded.append(self.observability.degradation)
+        # what /readyz says besides the models: this instance's checks (replacing any earlier instance's)
+        HEALTH.unready[:] = [lambda: self.healing_reason]
+        HEALTH.degraded[:] = [self._audit_degradation, self.observability.degradation]
         upload_routes.app.state.observability = self.observability
         # what is loaded by now lives as long as the process: keep it out of every later full collection
         gc.collect()
@@ -176,6 +174,9 @@ class NIDSService:
             if self.healing_reason:
                 logger.info("the self-healing audit log is open again")
             self.healing_reason = ""
+
+    def _audit_degradation(self) -> str:
+        return self._healing.store.outage.describe("self-healing audit log") if self._healing is not None else ""
 
     @property
     def healing(self) -> HealingEngine:
