@@ -24,11 +24,12 @@ pytestmark = [pytest.mark.integration]
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 THREAT_BODY = json.loads((FIXTURES / "detect_threat.json").read_text())
+SENSOR_TOKEN = "workers-sensor-token"  # rate limits count (and limit) only callers authorised to enforce
 
 
 @pytest.fixture(scope="module")
 def server(model_store: Any, serve: Callable[..., Server]) -> Server:
-    return serve(model_store.home, NIDS_WORKERS="2")
+    return serve(model_store.home, NIDS_WORKERS="2", NIDS_SENSOR_TOKEN=SENSOR_TOKEN)
 
 
 def test_two_workers_serve_and_share_the_restart_rate_limit(server: Server) -> None:
@@ -41,7 +42,11 @@ def test_two_workers_serve_and_share_the_restart_rate_limit(server: Server) -> N
     actions = []
     for _ in range(8):  # a fresh connection each time, so both workers take requests
         assert httpx.post(f"{server.url}/detect_threat", json=THREAT_BODY).status_code == 200
-        response = httpx.post(f"{server.url}/self_heal", json={"events": [{"attack_type": "DDoS", "confidence": 0.99}]})
+        response = httpx.post(
+            f"{server.url}/self_heal",
+            json={"events": [{"attack_type": "DDoS", "confidence": 0.99}]},
+            headers={"authorization": f"Bearer {SENSOR_TOKEN}"},
+        )
         assert response.status_code == 200, response.text
         actions.extend(response.json())
     assert [action["action_type"] for action in actions].count("restart_service") == 1
