@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from nids.serving.workers import worker_pids
+
 REPO = Path(__file__).resolve().parents[1]
 HAPROXY_CONFIG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 SERVICE = yaml.safe_load((REPO / "bentofile.yaml").read_text())["service"]
@@ -80,6 +82,14 @@ class Replica(ABC):
     @abstractmethod
     def remove(self) -> None:
         """Gone at once (SIGKILL), whatever state it is in."""
+
+    @abstractmethod
+    def pid(self) -> int:
+        """The host PID of the server (`bentoml serve`, the arbiter whose children are the workers)."""
+
+    def workers(self) -> dict[int, int]:
+        """{worker id: host PID} of the server's live workers (zombies, dead but not yet reaped, excepted)."""
+        return worker_pids(self.pid())
 
     def wait_for(self, path: str = "/readyz", seconds: float = READY_SECONDS) -> None:
         """Until GET path answers 200 (/livez: the server is up, ready or not)."""
@@ -183,6 +193,9 @@ class ServeProcess(Replica):
 
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def pid(self) -> int:
+        return self.process.pid
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")

@@ -37,25 +37,69 @@ def default_data_dir() -> Path:
 
 
 LogPriority = Literal["idle", "low", "normal"]  # of the prediction log's writer process (nids.observability.process)
-CPU_QUOTA_FILE = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+CGROUP = Path("/sys/fs/cgroup")  # the container's own cgroup (v2: unified; v1: one folder per controller)
+# one worker's share of a container's memory (NIDS_WORKER_MEMORY_MIB) and what the server holds besides its workers:
+# measured in a container (BENCHMARKS.md, "Memory per worker"), with room for a 10,000-flow /analyze in every worker
+WORKER_MEMORY_MIB = 512
+SERVER_MEMORY_MIB = 160
+_UNLIMITED = 2**60  # cgroup v1 reports "no limit" as a number near 2**63
+
+
+def _cgroup_value(v2: str, v1: str) -> str | None:
+    """The first line of a cgroup v2 file, else of its cgroup v1 equivalent; None where neither is readable."""
+    for path in (CGROUP / v2, CGROUP / v1):
+        try:
+            return path.read_text().strip()
+        except OSError:
+            continue
+    return None
+
+
+def cpu_quota() -> float | None:
+    """The cgroup's CPU quota in cores (`docker run --cpus 1.5`: 1.5); None without one."""
+    fields = (_cgroup_value("cpu.max", "cpu/cpu.cfs_quota_us") or "max").split()  # v2 "quota period", v1 "quota"
+    if fields[0] in ("max", "-1"):
+        return None
+    try:
+        period = fields[1] if len(fields) > 1 else (CGROUP / "cpu" / "cpu.cfs_period_us").read_text()
+        return int(fields[0]) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def memory_limit() -> int | None:
+    """The cgroup's memory limit in bytes (`docker run --memory`, a Kubernetes memory limit); None without one."""
+    value = _cgroup_value("memory.max", "memory/memory.limit_in_bytes")
+    try:
+        limit = int(value or "max")
+    except ValueError:  # "max": no limit
+        return None
+    return limit if limit < _UNLIMITED else None
 
 
 def usable_cores() -> int:
     """The cores this process may use: the CPUs it may run on, capped by a cgroup CPU quota (`docker run --cpus`),
     which os.cpu_count() ignores (a 1-CPU container on a 16-core host would start 16 workers)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = CPU_QUOTA_FILE.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):  # no cgroup v2 quota here
-        pass
+    if (quota := cpu_quota()) is not None:
+        cores = min(cores, math.ceil(quota))
     return max(1, cores)
 
 
-def default_workers() -> int:
-    """One worker per usable core (each scores on one ONNX thread; new connections go to the least loaded one)."""
-    return usable_cores()
+def workers_in_memory(worker_mib: int) -> int | None:
+    """How many workers of worker_mib fit the cgroup's memory limit beside the server (at least 1); None without
+    a limit."""
+    limit = memory_limit()
+    if limit is None:
+        return None
+    return max(1, (limit // 2**20 - SERVER_MEMORY_MIB) // worker_mib)
+
+
+def default_workers(worker_mib: int = WORKER_MEMORY_MIB) -> int:
+    """One worker per usable core (each scores on one ONNX thread; new connections go to the least loaded one),
+    no more than fit the memory limit: a worker killed for memory is lost capacity and a dropped request."""
+    fit = workers_in_memory(worker_mib)
+    return usable_cores() if fit is None else min(usable_cores(), fit)
 
 
 class Settings(BaseSettings):
@@ -174,10 +218,14 @@ class Settings(BaseSettings):
     drift_refresh_seconds: float = Field(15.0, gt=0, description="how often the drift gauges on /metrics are updated")
 
     # --- workers (issue 12): one process per core, ONNX on one thread each (BENCHMARKS.md, bulk and single flow) ---
+    worker_memory_mib: int = Field(
+        WORKER_MEMORY_MIB, gt=0, description="memory one worker may need: the default workers fit the memory limit"
+    )
     workers: int = Field(
-        default_factory=default_workers,
+        default_factory=lambda data: default_workers(data.get("worker_memory_mib", WORKER_MEMORY_MIB)),
         gt=0,
-        description="`bentoml serve` worker processes (default: one per usable core)",
+        description="`bentoml serve` worker processes (default: one per usable core, as many as fit the container's "
+        "memory limit at NIDS_WORKER_MEMORY_MIB each)",
     )
 
     # --- hardening (issue 12): a locked audit store answers 503 in time, never holds a request for long ---------

@@ -1,18 +1,21 @@
-"""Workarounds for per-request costs inside BentoML 1.4.39 (measured in BENCHMARKS.md).
+"""Workarounds inside BentoML 1.4.39: a per-request cost (measured in BENCHMARKS.md) and dead workers.
 
 BentoML's TimeoutMiddleware schedules a timer per request and never cancels it, so each request's context
 (tracing span, futures, locks) stays alive for the whole traffic timeout. At a few hundred requests per second
 every full garbage collection then walks 100k+ extra objects and stalls the event loop for 50-130 ms: p99
 spikes and 503s from the batcher. `install()` replaces its `__call__` with the same code plus the cancel.
-The patch applies only to the pinned version; any other version is left untouched (and logged).
+`restart_dead_workers()`: see its docstring.
+The patches apply only to the pinned version; any other version is left untouched (and logged).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 
 import bentoml
+import bentoml.serving
 from bentoml._internal.server.http import traffic
 
 from nids.serving.asgi import Message, Receive, Scope, Send
@@ -57,3 +60,41 @@ def install() -> bool:
         return False
     traffic.TimeoutMiddleware.__call__ = _timeout_middleware_call  # type: ignore[method-assign]
     return True
+
+
+# the one use of running_inside_container() in BentoML 1.4.39 (bentoml/serving.py)
+_RESPAWN_FLAG = "respawn=not running_inside_container()"
+
+
+def restart_dead_workers() -> bool:
+    """Let circus restart a dead worker inside a container too; True when dead workers are restarted.
+
+    BentoML 1.4.39 creates its watchers with `respawn=not running_inside_container()` (BENTOML_CONTAINERIZED, set
+    by every image it builds), leaving restarts to the orchestrator. But the orchestrator sees a live container:
+    the arbiter exits only once every worker is gone, so a worker killed for memory stays dead, its capacity lost
+    while /readyz answers 200. Here the check answers "not in a container" to create_watcher, its only caller
+    (checked in its source), and circus replaces a dead worker at its next check (every 10 s). Called where the
+    service module is imported, which `bentoml serve` does before it creates the watchers. Any other version, or
+    a create_watcher without that flag, is left as it is and logged; the replica then answers /readyz 503 while
+    a worker is missing (nids.serving.workers), so the balancer drains it instead.
+    """
+    if not bentoml.serving.running_inside_container():
+        return True  # BentoML's own default outside a container
+    try:
+        patchable = bentoml.__version__ == PATCHED_VERSION and _RESPAWN_FLAG in inspect.getsource(
+            bentoml.serving.create_watcher
+        )
+    except (OSError, TypeError):  # no source to check
+        patchable = False
+    if not patchable:
+        logger.warning(
+            "bentoml %s: dead workers are not restarted in this container; /readyz answers 503 while one is missing",
+            bentoml.__version__,
+        )
+        return False
+    bentoml.serving.running_inside_container = _never_in_a_container  # type: ignore[assignment]
+    return True
+
+
+def _never_in_a_container() -> bool:
+    return False

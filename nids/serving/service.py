@@ -52,12 +52,15 @@ from nids.serving.metrics import service_metrics
 from nids.serving.middleware import HEALTH, AccessGuard, RequestGuard
 from nids.serving.observability import Observability
 from nids.serving.offload import off_inference
+from nids.serving.workers import missing_workers
 from nids.serving.routes import models as model_routes
 from nids.serving.routes import observability as observability_routes
 from nids.serving.routes import upload as upload_routes
 
 logger = logging.getLogger("nids.service")
 bentoml_fixes.install()
+# a dead worker is restarted, in a container too (else /readyz answers 503 while one is missing)
+WORKERS_RESTARTED = bentoml_fixes.restart_dead_workers()
 errors.install()
 parsing.install()  # JSON without duplicate keys; a file field only as an upload, never fetched (issue 12)
 batching.install()  # the batched APIs' column batches merge and split (nids.serving.batching)
@@ -147,7 +150,9 @@ class NIDSService:
         self.observability = Observability(settings, REGISTRY)
         observability_routes.bind(self.observability)
         # what /readyz says besides the models: this instance's checks (replacing any earlier instance's)
-        HEALTH.unready[:] = [lambda: self.healing_reason]
+        # a dead worker (killed, out of memory): drained until it is back (nids.serving.workers)
+        workers_missing = partial(missing_workers, settings.workers, WORKERS_RESTARTED)
+        HEALTH.unready[:] = [lambda: self.healing_reason, lambda: workers_missing() or ""]
         HEALTH.degraded[:] = [self._audit_degradation, self.observability.degradation]
         upload_routes.app.state.observability = self.observability
         # what is loaded by now lives as long as the process: keep it out of every later full collection
