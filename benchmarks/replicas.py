@@ -153,12 +153,15 @@ def start_container(
     host_network: bool = False,
     wait: str | None = "/readyz",
     mounts: Sequence[str] = (),
+    read_only: bool = False,
+    memory: str | None = None,
     **env: str,
 ) -> Container:
     """`docker run -d` the image, then wait until GET wait answers 200 (None: do not wait).
 
     The container publishes its port 3000 on a free 127.0.0.1 port or, with host_network, listens on a free
-    loopback port itself (PORT): the way to reach services that listen on the host's loopback only.
+    loopback port itself (PORT): the way to reach services that listen on the host's loopback only. read_only:
+    a read-only root filesystem with a tmpfs on /tmp (docs/deploy.md); memory: its memory limit (`--memory`).
     """
     name = f"nids-{uuid.uuid4().hex[:10]}"
     port = free_port()
@@ -175,6 +178,10 @@ def start_container(
         args += ["-v", f"{volume}:/var/lib/nids"]
     for mount in mounts:
         args += ["-v", mount]
+    if read_only:
+        args += ["--read-only", "--tmpfs", "/tmp"]
+    if memory is not None:
+        args += ["--memory", memory]
     docker(*args, image)
     container = Container(name=name, url=f"http://127.0.0.1:{port}", port=port, volume=volume)
     container.await_start(wait)

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # A Python 3.11 base image made from Debian's packages, for machines that reach no container registry
-# (CI here): debootstrap bookworm (python3 is 3.11), then `docker import`.
+# (CI here): debootstrap bookworm (python3 is 3.11), then `docker import`. deploy/container.sh builds the CI-only
+# image on it; deploy/compose-ci.sh builds PostgreSQL and HAProxy images on it for the Compose bring-up.
 #
-#   deploy/base-image.sh [TAG]      default local/debian-bookworm:base; skipped when TAG already exists
+#   deploy/base-image.sh [TAG]      default local/debian-bookworm:python3; skipped when TAG already exists
 #
-# THIS BASE IS FOR CI AND OFFLINE BUILDS ONLY: NEVER PUSH IT, NOR AN IMAGE BUILT ON IT, TO ANY REGISTRY. It
-# trusts the build machine's extra CA certificates (a TLS-intercepting proxy) and lets pip write to the system
-# Python. Images for users are built on BentoML's default base (python:3.11-slim) where a registry answers.
-# Needs root, debootstrap and a Debian mirror in the machine's own apt sources.
+# Debian's packages only: no certificate of the build machine, no pip setting (deploy/container.sh adds those to
+# a throwaway build image and keeps them out of the image it tags). Images for users are built on BentoML's
+# default base (python:3.11-slim) where a registry answers. Needs root, debootstrap and a Debian mirror in the
+# machine's own apt sources.
 set -euo pipefail
 
-TAG="${1:-local/debian-bookworm:base}"
+TAG="${1:-local/debian-bookworm:python3}"
 SUITE=bookworm
 
 if docker image inspect "$TAG" >/dev/null 2>&1; then
@@ -47,11 +48,6 @@ debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-cert
   "$SUITE" "$ROOTFS" "$MIRROR" >"$ROOTFS.log" 2>&1 || { tail -30 "$ROOTFS.log" >&2; exit 1; }
 rm -f "$ROOTFS.log"
 
-# the build machine's extra CA certificates (package downloads during the image build pass its proxy)
-if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-  cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
-fi
-chroot "$ROOTFS" update-ca-certificates >/dev/null
 chroot "$ROOTFS" apt-get clean
 # the image runs with LANG=C.UTF-8: no translations, manuals or package lists (33 MB of locales alone)
 rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/locale/* \
@@ -60,8 +56,7 @@ rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/sha
 tar -C "$ROOTFS" -c . | docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
-  --change 'ENV PIP_BREAK_SYSTEM_PACKAGES=1' \
-  --change 'LABEL org.nids-bento.base="CI-only base from debootstrap: never push"' \
+  --change 'LABEL org.nids-bento.base="Debian bookworm from debootstrap (deploy/base-image.sh)"' \
   --change 'CMD ["/bin/bash"]' \
   - "$TAG" >/dev/null
 echo "base-image.sh: built $TAG ($(docker image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1 / 1e6}'))" >&2

@@ -86,20 +86,18 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
-def workers_in_memory(worker_mib: int) -> int | None:
-    """How many workers of worker_mib fit the cgroup's memory limit beside the server (at least 1); None without
-    a limit."""
-    limit = memory_limit()
-    if limit is None:
-        return None
-    return max(1, (limit // 2**20 - SERVER_MEMORY_MIB) // worker_mib)
+def workers_for(cores: int, memory_bytes: int | None, worker_mib: int = WORKER_MEMORY_MIB) -> int:
+    """One worker per core, no more than fit the memory limit (None: none) beside the server; at least 1. The
+    rule deploy/kubernetes/nids.yaml's requests and limits follow."""
+    if memory_bytes is None:
+        return max(1, cores)
+    return max(1, min(cores, (memory_bytes // 2**20 - SERVER_MEMORY_MIB) // worker_mib))
 
 
 def default_workers(worker_mib: int = WORKER_MEMORY_MIB) -> int:
     """One worker per usable core (each scores on one ONNX thread; new connections go to the least loaded one),
-    no more than fit the memory limit: a worker killed for memory is lost capacity and a dropped request."""
-    fit = workers_in_memory(worker_mib)
-    return usable_cores() if fit is None else min(usable_cores(), fit)
+    no more than fit the cgroup's memory limit: a worker killed for memory is lost capacity and dropped requests."""
+    return workers_for(usable_cores(), memory_limit(), worker_mib)
 
 
 class Settings(BaseSettings):

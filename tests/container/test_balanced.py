@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ pytestmark = pytest.mark.container
 
 PG_URL = os.environ.get("NIDS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 RATE = 100  # requests per second
+KILL_LOAD_SECONDS = 30  # spans a worker's kill, its restart (within 10 s) and start
 DETECT = (FIXTURES / "detect_threat.json").read_bytes()
 REPLICAS = ("replica1", "replica2")
 
@@ -157,6 +159,42 @@ def test_the_audit_log_holds_both_replicas_actions(cluster: Cluster) -> None:
     for replica in cluster.replicas:  # each replica lists the other's decisions too: one shared log
         listed = httpx.post(f"{replica.url}/healing_actions", json={"limit": 1000}, headers=VIEWER, timeout=30).json()
         assert everything <= {record["action_id"] for record in listed}
+
+
+def test_a_worker_killed_under_load_is_restarted(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGKILL (as the kernel's out-of-memory killer) one worker of replica1 under 100 req/s through the balancer:
+    the server restarts it; meanwhile the replica answers /readyz 503 (the balancer may drain it)."""
+    replica = cluster.replicas[0]
+    before = replica.workers()
+    assert len(before) >= 2, before
+    outcomes: list[Outcome] = []
+    load = threading.Thread(
+        target=lambda: outcomes.extend(
+            asyncio.run(paced(cluster.balancer.url, "/detect_threat", DETECT, RATE, seconds=KILL_LOAD_SECONDS))
+        )
+    )
+    load.start()
+    time.sleep(3)  # load shape: the kill falls inside the load
+    killed_at = time.monotonic()
+    os.kill(before[max(before)], signal.SIGKILL)
+    deadline = killed_at + 90
+    while (back := replica.workers()).keys() != before.keys() or back == before:
+        assert time.monotonic() < deadline, f"worker {max(before)} not restarted within 90 s: {back}"
+        time.sleep(0.2)
+    while httpx.get(f"{replica.url}/readyz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "replica1 not ready again within 90 s"
+        time.sleep(0.2)
+    back_at = time.monotonic()
+    cluster.balancer.wait_status("replica1", "UP", seconds=30)
+    load.join(timeout=KILL_LOAD_SECONDS + 60)
+    failed = [outcome for outcome in outcomes if outcome.status != 200]
+    assert not [outcome for outcome in failed if outcome.sent > back_at], failed[:5]
+    report(
+        capsys,
+        f"SIGKILL of a worker of replica1 under {RATE} req/s through HAProxy: {len(failed)} of {len(outcomes)} "
+        f"failed ({dict(Counter(outcome.error or outcome.status for outcome in failed))}); restarted and ready "
+        f"{back_at - killed_at:.1f} s after the kill",
+    )
 
 
 def test_stopping_a_replica_under_load_loses_no_request_once_it_is_taken_out(

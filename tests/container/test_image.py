@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from benchmarks.replicas import Container, docker
 from nids.core.features import ATTACK_CLASSES
+from nids.core.settings import SERVER_MEMORY_MIB, WORKER_MEMORY_MIB
 
 from .conftest import FIXTURES, Image, report, volume_files
 
@@ -150,3 +152,36 @@ def test_documented_environment_variables_are_honoured(run_container: Callable[.
     missing = run_container(wait="/livez", NIDS_THREAT_MODEL_TAG="threat_detector:doesnotexist")
     readyz = httpx.get(f"{missing.url}/readyz", timeout=5)
     assert readyz.status_code == 503 and "threat_detector:doesnotexist" in readyz.json()["error"]
+
+
+def test_runs_with_a_read_only_root_filesystem(run_container: Callable[..., Container], image: Image) -> None:
+    """`docker run --read-only --tmpfs /tmp -v STATE:/var/lib/nids` (Kubernetes: readOnlyRootFilesystem)."""
+    volume = f"nids-test-state-{uuid.uuid4().hex[:8]}"
+    container = run_container(volume=volume, read_only=True)
+    with container.client() as http:
+        assert http.get("/readyz").status_code == 200
+        assert post(http, "/detect_threat", fixture("detect_threat")).status_code == 200
+        assert post(http, "/self_heal", fixture("self_heal")).status_code == 200
+    refused = docker("exec", container.name, "sh", "-c", "touch /home/bentoml/bento/probe 2>&1; true").stdout
+    assert "Read-only file system" in refused
+    assert container.stop() == 0
+    assert volume_files(image, volume) == STATE_FILES  # the state went to the volume, and only there
+
+
+def test_a_memory_limit_that_cannot_hold_two_workers_starts_one(
+    run_container: Callable[..., Container], served: Container, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two usable cores but memory for one worker (nids.core.settings.workers_for): one worker, ready, and it
+    answers the largest request allowed."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: one worker whatever the memory")
+    assert len(served.workers()) == cores  # without a limit: one per core
+    limit = SERVER_MEMORY_MIB + 2 * WORKER_MEMORY_MIB - 1
+    container = run_container(memory=f"{limit}m")
+    assert len(container.workers()) == 1
+    with httpx.Client(base_url=container.url, timeout=120) as http:
+        analyzed = post(http, "/analyze", {"flows": fixture("analyze")["flows"] * 5000})  # 10,000 flows
+        assert analyzed.status_code == 200, analyzed.text[:500]
+        assert http.get("/readyz").status_code == 200
+    report(capsys, f"--memory {limit}m on {cores} cores: 1 worker, ready, a 10,000-flow /analyze answered")
