@@ -24,6 +24,7 @@ CI_LABEL = "org.nids-bento.ci-only"
 CI_LABEL_TEXT = "built on a local Debian base for CI (deploy/container.sh): not a release, never push"
 HOST_CA_DIR = "/usr/local/share/ca-certificates"
 BUILD_ONLY_ENV = ("PIP_BREAK_SYSTEM_PACKAGES=",)
+STAGE_LABEL = "org.nids-bento.ci-image-stage"
 
 
 def _duration(nanoseconds: int) -> str:
@@ -51,6 +52,7 @@ def dockerfile(built: str, config: dict[str, Any]) -> str:
     """Two stages: BUILT without the host's certificates, then all of it in one layer with BUILT's configuration."""
     lines = [
         f"FROM {built} AS built",
+        f"LABEL {STAGE_LABEL}={os.getpid()}",  # the stage's image, removed after the build
         "USER root",
         f"RUN rm -f {HOST_CA_DIR}/*.crt && update-ca-certificates --fresh >/dev/null",
         "FROM scratch",
@@ -89,6 +91,10 @@ def main(built: str, tag: str) -> None:
             stdout=subprocess.DEVNULL,
             check=True,
         )
+    stage = f"label={STAGE_LABEL}={os.getpid()}"
+    stages = subprocess.run(["docker", "images", "-q", "--filter", stage], capture_output=True, text=True, check=True)
+    if ids := stages.stdout.split():
+        subprocess.run(["docker", "rmi", "-f", *ids], capture_output=True, check=False)
 
 
 if __name__ == "__main__":

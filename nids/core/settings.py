@@ -40,8 +40,8 @@ LogPriority = Literal["idle", "low", "normal"]  # of the prediction log's writer
 CGROUP = Path("/sys/fs/cgroup")  # the container's own cgroup (v2: unified; v1: one folder per controller)
 # one worker's share of a container's memory (NIDS_WORKER_MEMORY_MIB) and what the server holds besides its workers:
 # measured in a container (BENCHMARKS.md, "Memory per worker"), with room for a 10,000-flow /analyze in every worker
-WORKER_MEMORY_MIB = 512
-SERVER_MEMORY_MIB = 160
+WORKER_MEMORY_MIB = 720
+SERVER_MEMORY_MIB = 128
 _UNLIMITED = 2**60  # cgroup v1 reports "no limit" as a number near 2**63
 
 

@@ -77,7 +77,7 @@ MIB = 2**20
         ({"memory.max": str((SERVER_MEMORY_MIB + 2 * WORKER_MEMORY_MIB) * MIB)}, 2),
         ({"memory.max": str((SERVER_MEMORY_MIB + 2 * WORKER_MEMORY_MIB) * MIB - 1)}, 1),
         ({"memory.max": str(64 * MIB)}, 1),  # never none
-        ({"memory/memory.limit_in_bytes": str(1536 * MIB)}, 2),  # cgroup v1; Kubernetes' 1536 Mi limit
+        ({"memory/memory.limit_in_bytes": str(1536 * MIB)}, 1),  # cgroup v1; the old 1536 Mi limit: 4 OOMed
         ({"memory/memory.limit_in_bytes": "9223372036854771712"}, 4),  # cgroup v1 without a limit
     ],
 )
