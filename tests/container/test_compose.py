@@ -69,7 +69,9 @@ def compose(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     env = {**os.environ, "NIDS_IMAGE": image.tag, "NIDS_LB_PORT": str(port)}
     cluster = Compose(f"http://127.0.0.1:{port}", command, env)
     try:
-        cluster.run("up", "-d", timeout=UP_SECONDS)  # returns once both replicas are healthy and HAProxy started
+        up = subprocess.run([*command, "up", "-d"], env=env, capture_output=True, text=True, timeout=UP_SECONDS)
+        # returns once both replicas are healthy and HAProxy started
+        assert up.returncode == 0, up.stderr[-2000:] + cluster.run("logs", "--tail", "40").stdout[-6000:]
         deadline = time.monotonic() + 60
         while not _ready(cluster.url):
             assert time.monotonic() < deadline, cluster.run("logs", "--tail", "50").stdout[-4000:]
