@@ -354,13 +354,21 @@ async def _send(client: httpx.AsyncClient, path: str, body: bytes, outcomes: lis
 
 
 async def paced(
-    url: str, path: str, body: bytes, rate: float, seconds: float, outcomes: list[Outcome] | None = None
+    url: str,
+    path: str,
+    body: bytes,
+    rate: float,
+    seconds: float,
+    outcomes: list[Outcome] | None = None,
+    token: str = VIEWER_TOKEN,
 ) -> list[Outcome]:
     """Open loop: one request every 1/rate s for `seconds`, whatever the answers; every outcome, by send time.
-    `outcomes`, when given, receives each outcome as it comes (another thread may watch the load progress)."""
+    `outcomes`, when given, receives each outcome as it comes (another thread may watch the load progress);
+    `token`: the bearer token sent (another than the replicas' viewer token: a Compose deployment's)."""
     outcomes = [] if outcomes is None else outcomes
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers=VIEWER) as client:
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers=headers) as client:
         start = time.monotonic()
         tasks = []
         for n in range(int(rate * seconds)):

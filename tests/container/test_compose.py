@@ -37,6 +37,7 @@ class Compose:
     url: str
     command: tuple[str, ...]
     env: dict[str, str]
+    viewer_token: str
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -58,7 +59,8 @@ def compose(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     # deploy/compose.env.example with secrets of its own
     example = (DEPLOY / "compose.env.example").read_text().splitlines()
     names = [line.split("=")[0] for line in example if "=" in line and not line.startswith("#")]
-    env_file.write_text("".join(f"{name}={secrets.token_hex(16)}\n" for name in names))
+    values = {name: secrets.token_hex(16) for name in names}
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
     port = free_port()
     overrides = [str(REPO / arg) if arg.endswith(".yml") else arg for arg in local.stdout.split()]
     command = (
@@ -67,7 +69,7 @@ def compose(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         *("-f", str(DEPLOY / "docker-compose.yml"), *overrides),
     )
     env = {**os.environ, "NIDS_IMAGE": image.tag, "NIDS_LB_PORT": str(port)}
-    cluster = Compose(f"http://127.0.0.1:{port}", command, env)
+    cluster = Compose(f"http://127.0.0.1:{port}", command, env, values["NIDS_VIEWER_TOKEN"])
     try:
         up = subprocess.run([*command, "up", "-d"], env=env, capture_output=True, text=True, timeout=UP_SECONDS)
         # returns once both replicas are healthy and HAProxy started
@@ -91,7 +93,7 @@ def _ready(url: str) -> bool:
 def test_both_replicas_serve_through_the_balancer_on_one_database(
     compose: Compose, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    outcomes = asyncio.run(paced(compose.url, "/detect_threat", DETECT, RATE, seconds=5))
+    outcomes = asyncio.run(paced(compose.url, "/detect_threat", DETECT, RATE, 5, token=compose.viewer_token))
     assert Counter(outcome.status for outcome in outcomes) == {200: len(outcomes)}
     served = Counter(outcome.replica for outcome in outcomes)
     assert set(served) == {"replica1", "replica2"}, served
@@ -107,7 +109,9 @@ def test_a_replica_stopped_under_load_costs_no_request_after_it_stopped(
 ) -> None:
     outcomes: list[Outcome] = []
     load = threading.Thread(
-        target=lambda: outcomes.extend(asyncio.run(paced(compose.url, "/detect_threat", DETECT, RATE, seconds=15)))
+        target=lambda: outcomes.extend(
+            asyncio.run(paced(compose.url, "/detect_threat", DETECT, RATE, 15, token=compose.viewer_token))
+        )
     )
     load.start()
     time.sleep(3)  # load shape: the stop falls inside the load

@@ -180,7 +180,7 @@ def test_a_memory_limit_that_cannot_hold_two_workers_starts_one(
     limit = SERVER_MEMORY_MIB + 2 * WORKER_MEMORY_MIB - 1
     container = run_container(memory=f"{limit}m")
     assert len(container.workers()) == 1
-    with httpx.Client(base_url=container.url, timeout=120) as http:
+    with container.client() as http:
         analyzed = post(http, "/analyze", {"flows": fixture("analyze")["flows"] * 5000})  # 10,000 flows
         assert analyzed.status_code == 200, analyzed.text[:500]
         assert http.get("/readyz").status_code == 200

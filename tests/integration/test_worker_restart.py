@@ -20,7 +20,7 @@ import pytest
 
 from benchmarks.replicas import Outcome, ServeProcess, paced, start_process
 
-from .conftest import STARTUP_SECONDS, copy_store
+from .conftest import STARTUP_SECONDS, copy_store, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -38,15 +38,6 @@ def replica(model_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
     server.remove()
 
 
-def poll(condition: Any, seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"not within {seconds:.0f} s: {what}")
-
-
 def test_a_killed_worker_is_restarted_and_the_replica_is_unready_meanwhile(
     replica: ServeProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -54,7 +45,7 @@ def test_a_killed_worker_is_restarted_and_the_replica_is_unready_meanwhile(
         workers = replica.workers()
         return workers if len(workers) == 2 else None
 
-    before = poll(both_workers, STARTUP_SECONDS, "two workers")
+    before = wait_for(both_workers, STARTUP_SECONDS)
     outcomes: list[Outcome] = []
     load = threading.Thread(
         target=lambda: outcomes.extend(asyncio.run(paced(replica.url, "/detect_threat", DETECT, RATE, LOAD_SECONDS)))
@@ -71,15 +62,15 @@ def test_a_killed_worker_is_restarted_and_the_replica_is_unready_meanwhile(
             response = httpx.get(f"{replica.url}/readyz", timeout=5)
             return response.json()["error"] if response.status_code == 503 else None
 
-        reason = poll(unready, 30, "/readyz 503 while a worker is missing")
+        reason = wait_for(unready, 30)
     finally:
         os.kill(replica.pid(), signal.SIGCONT)
     assert "1 of 2 workers running" in reason and "restarts it" in reason, reason
-    after = poll(both_workers, 60, "the worker restarted")
+    after = wait_for(both_workers, 60)
     assert after[1] == before[1] and after[2] != before[2]
-    poll(lambda: httpx.get(f"{replica.url}/readyz", timeout=5).status_code == 200, STARTUP_SECONDS, "ready again")
+    wait_for(lambda: httpx.get(f"{replica.url}/readyz", timeout=5).status_code == 200, STARTUP_SECONDS)
     back_at = time.monotonic()
-    poll(lambda: replica.logs().count("[entry_service:nids:2] Service nids initialized") == 2, 60, "worker 2 serves")
+    wait_for(lambda: replica.logs().count("[entry_service:nids:2] Service nids initialized") == 2, 60)
     load.join(timeout=LOAD_SECONDS + 60)
     assert len(outcomes) == RATE * LOAD_SECONDS
     failed = [outcome for outcome in outcomes if outcome.status != 200]
