@@ -33,9 +33,12 @@ HAPROXY_CONFIG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 SERVICE = yaml.safe_load((REPO / "bentofile.yaml").read_text())["service"]
 READY_SECONDS = 90
 # a container runs in the `required` auth mode (nids.serving.auth): every read and scoring call needs a viewer
-# token; every replica started here has this one, and every client here sends it
+# token; every replica started here has this one, and every client here sends it. Bulk requests whose flows raise
+# more than 1,000 healing events need a caller authorised to enforce: the sensor token.
 VIEWER_TOKEN = "replicas-viewer-token"
+SENSOR_TOKEN = "replicas-sensor-token"
 VIEWER = {"authorization": f"Bearer {VIEWER_TOKEN}"}
+TOKENS = {"NIDS_VIEWER_TOKEN": VIEWER_TOKEN, "NIDS_SENSOR_TOKEN": SENSOR_TOKEN}
 
 
 class StartError(RuntimeError):
@@ -165,7 +168,7 @@ def start_container(
     """
     name = f"nids-{uuid.uuid4().hex[:10]}"
     port = free_port()
-    env = {"NIDS_VIEWER_TOKEN": VIEWER_TOKEN, **env}
+    env = {**TOKENS, **env}
     args = ["run", "-d", "--name", name]
     if host_network:
         args += ["--network", "host"]
@@ -227,7 +230,7 @@ def start_process(home: Path, workdir: Path, *, wait: str | None = "/readyz", **
         "BENTOML_HOME": str(home),
         "NIDS_DATA_DIR": str(workdir / "var"),
         "NIDS_HEALING_POLICY_FILE": str(REPO / "config" / "healing.yaml"),
-        "NIDS_VIEWER_TOKEN": VIEWER_TOKEN,
+        **TOKENS,
         **env,
     }
     bentoml = Path(sys.executable).parent / "bentoml"
@@ -276,11 +279,17 @@ class Haproxy:
                 start_new_session=True,
             )
         deadline = time.monotonic() + 20
-        while not self.socket.exists():
+        while not self._answers():  # the socket's file appears before HAProxy listens on it
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise StartError(f"haproxy did not start:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.command("show info"))
+        except OSError:  # not there yet, or not listening yet
+            return False
 
     def command(self, line: str) -> str:
         """One command on the runtime API socket."""

@@ -52,10 +52,10 @@ from nids.serving.metrics import service_metrics
 from nids.serving.middleware import HEALTH, AccessGuard, RequestGuard
 from nids.serving.observability import Observability
 from nids.serving.offload import off_inference
-from nids.serving.workers import missing_workers
 from nids.serving.routes import models as model_routes
 from nids.serving.routes import observability as observability_routes
 from nids.serving.routes import upload as upload_routes
+from nids.serving.workers import missing_workers
 
 logger = logging.getLogger("nids.service")
 bentoml_fixes.install()

@@ -27,7 +27,8 @@ from .conftest import FIXTURES, Image, missing, report
 pytestmark = pytest.mark.container
 
 DEPLOY = REPO / "deploy"
-RATE = 100  # requests per second
+RATE = 50  # requests per second: one replica takes them all once the other stops, on a 2-core machine shared
+# with other work (at 100 req/s under a load average of 15 the remaining replica shed requests with 503)
 DETECT = (FIXTURES / "detect_threat.json").read_bytes()
 UP_SECONDS = 600  # the first run builds PostgreSQL and HAProxy from Debian's packages
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmarks.replicas import Container, docker
+from benchmarks.replicas import SENSOR_TOKEN, Container, docker
 from nids.core.features import ATTACK_CLASSES
 from nids.core.settings import SERVER_MEMORY_MIB, WORKER_MEMORY_MIB
 
@@ -101,7 +101,9 @@ def test_sigterm_finishes_the_request_in_flight_and_closes_the_audit_log(
     flows = fixture("analyze")["flows"] * 5000  # 10,000 flows: long enough to be caught in flight
     reply: dict[str, httpx.Response] = {}
     with container.client() as http:
-        sender = threading.Thread(target=lambda: reply.setdefault("analyze", post(http, "/analyze", {"flows": flows})))
+        sender = threading.Thread(
+            target=lambda: reply.setdefault("analyze", post(http, "/analyze", {"flows": flows}, token=SENSOR_TOKEN))
+        )
         sender.start()
         while not in_progress(http, "/analyze") and sender.is_alive():
             time.sleep(0.01)
@@ -181,7 +183,8 @@ def test_a_memory_limit_that_cannot_hold_two_workers_starts_one(
     container = run_container(memory=f"{limit}m")
     assert len(container.workers()) == 1
     with container.client() as http:
-        analyzed = post(http, "/analyze", {"flows": fixture("analyze")["flows"] * 5000})  # 10,000 flows
+        flows = fixture("analyze")["flows"] * 5000  # 10,000 flows
+        analyzed = post(http, "/analyze", {"flows": flows}, token=SENSOR_TOKEN)
         assert analyzed.status_code == 200, analyzed.text[:500]
         assert http.get("/readyz").status_code == 200
     report(capsys, f"--memory {limit}m on {cores} cores: 1 worker, ready, a 10,000-flow /analyze answered")
