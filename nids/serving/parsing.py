@@ -7,7 +7,9 @@ first (2-3x faster than the standard library on flow bodies) and proves the abse
 them (`_keys_counted`); any body it cannot prove, orjson refuses (NaN, Infinity, invalid JSON) or would read
 differently (an integer of 19 or more digits, which orjson turns into a float past 64 bits), is decoded by the
 standard library exactly as before. Integers keep their exact value, so
-`10**400` is refused by the float32 rule rather than read as infinity.
+`10**400` is refused by the float32 rule rather than read as infinity. A JSON object or list sent as
+application/x-www-form-urlencoded (what `curl -d` sends without `-H 'content-type: application/json'`) is read as
+JSON: as a form it was one field named by the whole body, and the API answered "flows: Field required".
 
 Files: BentoML's request parsing accepts a *string* where an API takes a file (`analyze_csv`'s `file`) and downloads
 it when it looks like an http(s) URL: in a multipart form (`-F file=http://...`) and as a whole JSON body. A
@@ -116,11 +118,18 @@ def not_an_upload(field: str) -> InvalidInput:
 
 
 async def _parse_multipart(self: MultipartSerde, request: Request, cls: Any) -> Any:
+    if _is_json_as_form(request) and (await request.body()).lstrip()[:1] in (b"{", b"["):
+        return await _parse_json(JSONSerde(), request, cls)  # `curl -d '{...}'`: JSON under curl's default type
     form = await request.form()  # starlette keeps the parsed form: BentoML's own parse reads it again
     for field in cls.multipart_fields:
         if any(not isinstance(value, UploadFile) for value in form.getlist(field)):
             raise not_an_upload(field)
     return await _multipart_parse(self, request, cls)
+
+
+def _is_json_as_form(request: Request) -> bool:
+    """A body sent as application/x-www-form-urlencoded (curl's type for `-d` without `-H content-type`)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/x-www-form-urlencoded"
 
 
 async def _parse_json(self: JSONSerde, request: Request, cls: Any) -> Any:

@@ -159,3 +159,12 @@ def test_an_empty_csv_is_a_400(http: httpx.Client) -> None:
     response = http.post("/analyze_csv", files={"file": ("empty.csv", b"", "text/csv")})
     assert response.status_code == 400, response.text
     assert response.json()["detail"][0]["loc"] == ["file"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"content-type": "application/x-www-form-urlencoded"}])
+def test_json_without_its_content_type_is_read_as_json(http: httpx.Client, headers: dict[str, str]) -> None:
+    """No content type, or curl's default for `-d`: the body is the JSON it is, not a form missing `flows`."""
+    body = json.dumps({"flows": [THREAT_MESSAGE, THREAT_MESSAGE]}).encode()
+    response = http.post("/detect_threat", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == 2 and "prediction_score" in response.json()[0]
