@@ -265,7 +265,8 @@ def read_csv(
     """Validated flows of an uploaded CSV (CICFlowMeter or NSL-KDD columns) and the columns ignored.
 
     Columns that are neither features nor context (labels, the other CICFlowMeter features) are ignored and
-    reported; a missing feature or an invalid value rejects the upload, naming `parameter`, row and column. A
+    reported; a feature no column holds rejects the upload once, naming the missing columns; an invalid value
+    rejects it naming `parameter`, row and column. A
     byte-order mark and CRLF line ends are read as usual; an empty file, a file without data rows, duplicate
     column names and rows with more or fewer cells than the header are refused (400).
     """
@@ -281,6 +282,9 @@ def read_csv(
                 message = f"duplicate CSV column(s) {duplicates}: each column may appear once"
                 raise _csv_error(parameter, message, "csv_header")
             keep = _csv_columns(header)
+            if missing := _missing_features(header):
+                message = f"the CSV file has no column {missing}: every row needs these features"
+                raise _csv_error(parameter, message, "csv_missing_columns")
             rows = []
             for line in reader:
                 if len(rows) == max_rows:
@@ -305,6 +309,17 @@ def read_csv(
 
 def _csv_error(parameter: str, message: str, rule: str) -> InvalidInput:
     return InvalidInput(message, detail=[{"loc": [parameter], "msg": message, "type": rule}])
+
+
+def _missing_features(header: Sequence[str]) -> list[str]:
+    """The features of the header's kind of flow that no column holds (once, rather than an error per row)."""
+    present = set(header)
+    kind = flow_kind(dict.fromkeys(header))
+    if kind == "threat":
+        return [name for name in THREAT_FEATURES if name not in present]
+    if kind == "attack":
+        return [name for name, attribute in ATTACK_ATTRIBUTE.items() if not {name, attribute} & present]
+    return []
 
 
 def _csv_columns(header: Sequence[str]) -> dict[int, str]:

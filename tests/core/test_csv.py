@@ -82,3 +82,16 @@ def test_a_value_overflowing_float32_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"a,b\n\x00\x01,\x02\n"])
 def test_binary_data_is_refused(tmp_path: Path, data: bytes) -> None:
     assert refusal(tmp_path, data)["type"] in {"csv_format", "csv_empty", "unknown_flow"}
+
+
+@pytest.mark.parametrize("dropped", [["Flow Duration"], ["Flow Duration", "Fwd Packet Length Max"]])
+def test_a_missing_column_is_named_once_not_per_row(tmp_path: Path, dropped: list[str]) -> None:
+    frame = pd.read_csv(CIC_ORIGINAL, nrows=50, dtype=str, keep_default_na=False)
+    missing = [column for column in frame.columns if column.strip() in dropped]
+    frame = frame.drop(columns=missing)
+    data = "\n".join([",".join(frame.columns), *(",".join(row) for row in frame.itertuples(index=False))])
+    with pytest.raises(InvalidInput) as caught:
+        read_csv(upload(tmp_path, data.encode()), **LIMITS)
+    (error,) = caught.value.detail
+    assert (error["loc"], error["type"]) == (["file"], "csv_missing_columns")
+    assert error["msg"] == f"the CSV file has no column {missing}: every row needs these features"
