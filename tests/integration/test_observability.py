@@ -124,8 +124,13 @@ def test_stats_count_every_worker(http: httpx.Client) -> None:
 def test_stats_time_window_and_list_filters(http: httpx.Client) -> None:
     future = http.get("/api/v1/predictions/stats", params={"since": "2999-01-01T00:00:00Z"}).json()
     assert (future["total_predictions"], future["attack_rate"], future["recent_predictions"]) == (0, 0.0, [])
-    recent = http.get("/api/v1/predictions/stats", params={"window_seconds": 3600}).json()
-    assert recent["total_predictions"] > 0
+    recent = wait_for(  # the earlier tests' predictions, once the log has them
+        lambda: (
+            (stats := http.get("/api/v1/predictions/stats", params={"window_seconds": 3600}).json())
+            and stats["total_predictions"] > 0
+        )
+    )
+    assert recent
     attacks = http.get("/api/v1/predictions", params={"verdict": "attack", "limit": 5}).json()
     assert attacks and all(row["threat_prediction"]["is_attack"] for row in attacks)
     typed = http.get("/api/v1/predictions", params={"attack_type": "SSH-Patator", "include_features": False}).json()
