@@ -342,6 +342,7 @@ def describe(model: LoadedModel) -> ModelDescription:
         inference_form=model.inference_form,
         feature_names=list(model.feature_names),
         class_names=list(model.class_names),
+        categories={name: list(names) for name, names in model.encoders.items()},
         threshold=model.threshold,
         metrics=model.metadata.get("metrics", {}),
         reference_cases=list(model.reference_results),

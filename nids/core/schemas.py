@@ -257,6 +257,10 @@ class ModelDescription(BaseModel):
     inference_form: str = Field(description="what runs the model: e.g. onnx or sklearn")
     feature_names: list[str]
     class_names: list[str]
+    categories: dict[str, list[str]] = Field(
+        description="the names of each categorical feature (threat detector: service, flag); a name's code is its "
+        "index, and a name not listed is scored as unknown"
+    )
     threshold: float | None = Field(description="decision threshold (threat detector)")
     metrics: dict[str, Any] = Field(description="evaluation metrics recorded at training time")
     reference_cases: list[CaseResult] = Field(description="results of the checks run at load time")

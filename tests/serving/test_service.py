@@ -196,6 +196,8 @@ def test_model_info(service: Any, model_store: Any) -> None:
     assert info.attack.class_names == list(ATTACK_CLASSES)
     assert info.threat.threshold is not None and info.attack.threshold is None
     assert info.threat.inference_form == "onnx"
+    assert set(info.threat.categories) == {"service", "flag"} and info.attack.categories == {}
+    assert "http" in info.threat.categories["service"] and "SF" in info.threat.categories["flag"]
     assert info.attack.reference_cases and all(case.passed for case in info.attack.reference_cases)
     assert info.threat.metrics
 
