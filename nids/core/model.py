@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from nids.core.encoding import to_matrix
+from nids.core.errors import Unavailable
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,18 @@ def run_reference_cases(
 
 
 @dataclass(frozen=True)
+class Contributions:
+    """Why a model scored flows as it did: per flow, each feature's contribution to the explained class's
+    probability (model feature order) and the base value; base + contributions.sum(axis=1) == the probability."""
+
+    values: np.ndarray  # (n, n_features)
+    base: np.ndarray  # (n,)
+
+
+Explainer = Callable[[np.ndarray, np.ndarray], Contributions]  # (float32 X, class code per row) -> contributions
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     tag: str
     name: str
@@ -89,10 +102,17 @@ class LoadedModel:
     inference_form: str
     reference_results: tuple[CaseResult, ...]
     _predict: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
+    _explain: Explainer | None = field(default=None, repr=False, compare=False)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """float32 (n, n_features) -> (n, n_classes) probabilities."""
         return self._predict(np.asarray(X, dtype=np.float32))
+
+    def explain(self, X: np.ndarray, classes: np.ndarray) -> Contributions:
+        """Contributions of each feature of float32 X to P(classes[i]) per row (nids.models.explain)."""
+        if self._explain is None:
+            raise Unavailable(f"model {self.tag} cannot explain its predictions (no tree estimator stored)")
+        return self._explain(np.asarray(X, dtype=np.float32), classes)
 
 
 @dataclass(frozen=True)

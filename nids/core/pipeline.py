@@ -31,6 +31,10 @@ from nids.core.schemas import (
     AnalyzeResult,
     AnalyzeSummary,
     AttackPrediction,
+    ExplainedAttackPrediction,
+    ExplainedThreatPrediction,
+    Explanation,
+    FeatureContribution,
     ModelDescription,
     ModelInfo,
     ThreatFlow,
@@ -178,6 +182,64 @@ def attack_scores(model: LoadedModel, flows: FlowBatch, proba: np.ndarray, obser
     return AttackScores(flows.context, top, np.take_along_axis(proba, top, axis=1), model.class_names, model.tag)
 
 
+def explain(model: LoadedModel, flows: FlowBatch, classes: np.ndarray, top: int) -> list[Explanation]:
+    """Per flow, why `model` gave it P(classes[i]): the `top` largest contributions by magnitude and the rest's sum.
+
+    score == base_value + sum of every contribution (nids.models.explain: exact path contributions)."""
+    if not len(flows):
+        return []
+    contributions = model.explain(flows.matrix(model), classes)
+    values = contributions.values
+    order = np.argsort(-np.abs(values), axis=1, kind="stable")
+    rest = values.copy()
+    np.put_along_axis(rest, order[:, :top], 0.0, axis=1)
+    totals, others = values.sum(axis=1).tolist(), rest.sum(axis=1).tolist()
+    names, version = model.feature_names, model.tag
+    explanations = []
+    for row, (features, base, chosen, code) in enumerate(
+        zip(flows.feature_dicts(), contributions.base.tolist(), order[:, :top].tolist(), classes.tolist(), strict=True)
+    ):
+        listed = [
+            FeatureContribution(feature=names[j], value=features[names[j]], contribution=float(values[row, j]))
+            for j in chosen
+        ]
+        explanations.append(
+            Explanation(
+                explained_class=model.class_names[code],
+                score=base + totals[row],
+                base_value=base,
+                top_features=listed,
+                other_features=others[row],
+                model_version=version,
+            )
+        )
+    return explanations
+
+
+def explain_threats(
+    models: ActiveModels, flows: FlowBatch, top: int, observer: Observer | None = None
+) -> tuple[ThreatScores, list[ExplainedThreatPrediction]]:
+    """detect_threats with an explanation of each flow's verdict (the predicted class: attack or normal)."""
+    scores = detect_threats(models, flows, observer)
+    explanations = explain(models.threat, flows, scores.is_attack.astype(np.int64), top)
+    return scores, [
+        ExplainedThreatPrediction(**record, explanation=explanation)
+        for record, explanation in zip(scores.records(), explanations, strict=True)
+    ]
+
+
+def explain_attacks(
+    models: ActiveModels, flows: FlowBatch, top: int, observer: Observer | None = None
+) -> tuple[AttackScores, list[ExplainedAttackPrediction]]:
+    """classify_attacks with an explanation of each flow's predicted class."""
+    scores = classify_attacks(models, flows, observer)
+    explanations = explain(models.attack, flows, scores.codes, top)
+    return scores, [
+        ExplainedAttackPrediction(**record, explanation=explanation)
+        for record, explanation in zip(scores.records(), explanations, strict=True)
+    ]
+
+
 def self_heal(heal: Healer, events: Sequence[AttackEvent], observer: Observer | None = None) -> list[HealingAction]:
     actions = heal(events)
     if observer is not None:
@@ -186,13 +248,19 @@ def self_heal(heal: Healer, events: Sequence[AttackEvent], observer: Observer | 
 
 
 def analyze(
-    models: ActiveModels, heal: Healer, items: Sequence[AnalyzeFlow], observer: Observer | None = None
+    models: ActiveModels,
+    heal: Healer,
+    items: Sequence[AnalyzeFlow],
+    observer: Observer | None = None,
+    explain_top: int = 0,
 ) -> AnalyzeResponse:
     """The whole pipeline per flow: threat verdict, attack type and self-healing action (42-feature flows).
 
     A 42-feature flow's threat verdict comes from the classifier: attack when the predicted class is not BENIGN,
     attack_probability = 1 - P(BENIGN), prediction_score on the 0.5 scale (classifier_verdict_scores). A
-    10-feature flow has no attack type, hence no action.
+    10-feature flow has no attack type, hence no action. With `explain_top` > 0 each result explains its
+    verdict: the detector's class for a 10-feature flow, the classifier's for a 42-feature flow, with that many
+    features.
     """
     flows = [item.root for item in items]
     threat_index = [i for i, flow in enumerate(flows) if isinstance(flow, ThreatFlow)]
@@ -201,7 +269,8 @@ def analyze(
     attack_flows = FlowBatch.of("attack", [flows[i] for i in attack_index])
 
     results: dict[int, AnalyzeResult] = {}
-    for i, prediction in zip(threat_index, detect_threats(models, threat_flows, observer, threat_index), strict=True):
+    threat_scores = detect_threats(models, threat_flows, observer, threat_index)
+    for i, prediction in zip(threat_index, threat_scores, strict=True):
         results[i] = AnalyzeResult(**_echo(prediction), index=i, kind="threat", threat_prediction=prediction)
 
     proba = probabilities(models.attack, attack_flows)
@@ -242,6 +311,14 @@ def analyze(
             attack_prediction=prediction,
             self_healing_action=action,
         )
+    if explain_top > 0:
+        threat_classes = threat_scores.is_attack.astype(np.int64)
+        for i, explanation in zip(
+            threat_index, explain(models.threat, threat_flows, threat_classes, explain_top), strict=True
+        ):
+            results[i].explanation = explanation
+        for i, explanation in zip(attack_index, explain(models.attack, attack_flows, codes, explain_top), strict=True):
+            results[i].explanation = explanation
     ordered = [results[i] for i in range(len(flows))]
     return AnalyzeResponse(results=ordered, summary=summarise(ordered))
 

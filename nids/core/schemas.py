@@ -228,12 +228,46 @@ class AttackPrediction(Echoed):
     model_version: str
 
 
+MAX_EXPLAINED_FEATURES = 42  # the attack classifier's feature count: asking for more lists them all
+
+
+class FeatureContribution(BaseModel):
+    feature: str = Field(description="the feature, under its canonical name")
+    value: float | int | str = Field(description="the flow's value, as the model read it (categories as sent)")
+    contribution: float = Field(description="its share of the explained probability (negative: pulls it down)")
+
+
+class Explanation(BaseModel):
+    """Why the model gave the flow its predicted class: base_value + every feature's contribution == score."""
+
+    method: Literal["path_contributions"] = Field(
+        "path_contributions",
+        description="exact path contributions of the forest (docs/api.md, Explanations): per tree, each split's "
+        "change of the class fraction is credited to the feature split on, averaged over the trees",
+    )
+    explained_class: str = Field(description="the predicted class, whose probability is explained")
+    score: float = Field(description="the probability of explained_class by the stored estimator")
+    base_value: float = Field(description="the mean probability of explained_class at the trees' roots")
+    top_features: list[FeatureContribution] = Field(description="the largest contributions by magnitude, first")
+    other_features: float = Field(description="the sum of the contributions not listed")
+    model_version: str
+
+
+class ExplainedThreatPrediction(ThreatPrediction):
+    explanation: Explanation
+
+
+class ExplainedAttackPrediction(AttackPrediction):
+    explanation: Explanation
+
+
 class AnalyzeResult(Echoed):
     index: int = Field(description="position of the flow in the request")
     kind: FlowKind = Field(description="threat: 10 NSL-KDD features; attack: 42 CICFlowMeter features")
     threat_prediction: ThreatPrediction
     attack_prediction: AttackPrediction | None = Field(None, description="for 42-feature flows")
     self_healing_action: HealingAction | None = Field(None, description="for 42-feature flows (policy decision)")
+    explanation: Explanation | None = Field(None, description="with explain=N: why the flow got its verdict")
 
 
 class AnalyzeSummary(BaseModel):

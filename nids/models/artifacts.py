@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from http import HTTPStatus
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -30,6 +31,7 @@ from bentoml.exceptions import BentoMLException, NotFound
 
 from nids.core.errors import NIDSError
 from nids.core.model import CaseResult, LoadedModel, ReferenceCase, run_reference_cases
+from nids.models.explain import LazyExplainer
 
 ESTIMATOR_FILE = "estimator.joblib"
 ONNX_FILE = "model.onnx"
@@ -244,6 +246,16 @@ def load_reference_cases(model: bentoml.Model) -> tuple[ReferenceCase, ...]:
         raise ModelIntegrityError(f"model {model.tag}: unreadable reference cases ({exc})") from exc
 
 
+def _estimator(loaded: Any, path: Path, sha256: str) -> Any:
+    """The fitted estimator: the one already loaded, or the file unpickled once its sha256 matches again."""
+    if loaded is not None:
+        return loaded
+    data = path.read_bytes()
+    if sha256_bytes(data) != sha256:
+        raise ModelIntegrityError(f"{path}: the estimator file no longer matches its recorded sha256")
+    return joblib.load(io.BytesIO(data))
+
+
 def load_model(tag: str, *, prefer_onnx: bool = True) -> LoadedModel:
     """Resolve `tag`, verify hashes and metadata, build the predictor and run the reference cases."""
     model = get_store_model(tag)
@@ -253,11 +265,14 @@ def load_model(tag: str, *, prefer_onnx: bool = True) -> LoadedModel:
     if not cases:
         raise ModelIntegrityError(f"model {model.tag}: stores no reference cases")
     form = "onnx" if prefer_onnx and ONNX_FILE in metadata["files"] else "sklearn"
+    estimator_file = Path(model.path_of(ESTIMATOR_FILE))
     try:
         if form == "onnx":
             predict: Callable[[np.ndarray], np.ndarray] = OnnxPredictor(Path(model.path_of(ONNX_FILE)).read_bytes())
+            estimator = None  # loaded by the explainer when an explanation is first asked for
         else:
-            predict = single_threaded(joblib.load(model.path_of(ESTIMATOR_FILE))).predict_proba
+            estimator = single_threaded(joblib.load(estimator_file))
+            predict = estimator.predict_proba
     except Exception as exc:  # any unpickling/ONNX failure means the model cannot be served
         raise ModelIntegrityError(
             f"model {model.tag}: cannot build its {form} predictor ({exc.__class__.__name__}: {exc})"
@@ -284,4 +299,5 @@ def load_model(tag: str, *, prefer_onnx: bool = True) -> LoadedModel:
         inference_form=form,
         reference_results=results,
         _predict=predict,
+        _explain=LazyExplainer(partial(_estimator, estimator, estimator_file, metadata["files"][ESTIMATOR_FILE])),
     )

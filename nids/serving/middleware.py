@@ -28,7 +28,11 @@ from nids.serving.rundir import private_dir, server_dir
 
 logger = logging.getLogger("nids.auth")
 
-MODEL_PATHS = frozenset({"/detect_threat", "/classify_attack", "/analyze", "/analyze_csv", "/model_info"})
+# `POST /detect_threat?explain=N` is served by the API's non-batched twin (nids.serving.service)
+EXPLAINED_PATHS = {"/detect_threat": "/detect_threat_explained", "/classify_attack": "/classify_attack_explained"}
+MODEL_PATHS = frozenset(
+    {"/detect_threat", "/classify_attack", "/analyze", "/analyze_csv", "/model_info", *EXPLAINED_PATHS.values()}
+)
 CSV_PATH = "/analyze_csv"
 # model lifecycle (nids.serving.routes.models): a package upload has its own size limit
 PACKAGE_UPLOAD_PATH = "/api/v1/models/upload"
@@ -161,6 +165,8 @@ class RequestGuard:
     """ASGI middleware: 503 with the reason while no models are served, 413 for oversized bodies; /readyz
     answered from the registry and HEALTH (503 with every reason to drain this process).
 
+    A batched API's request with an `explain` query parameter goes to its non-batched twin (EXPLAINED_PATHS).
+
     It also unwraps BentoML's 4xx error bodies for exceptions (`[{"error": ...}]`) into `{"error": ...}`, the
     shape of every other error this service returns.
     """
@@ -175,6 +181,13 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        if (
+            scope.get("query_string")
+            and path in EXPLAINED_PATHS
+            and "explain" in parse_qs(scope["query_string"].decode())
+        ):
+            path = EXPLAINED_PATHS[path]
+            scope = {**scope, "path": path, "raw_path": path.encode()}
         if not self.registry.ready and path in MODEL_PATHS:
             await send_json(send, 503, {"error": f"no verified models are being served: {self.registry.reason}"})
             return

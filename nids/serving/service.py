@@ -29,13 +29,16 @@ from nids.core import pipeline
 from nids.core.actions import HealingAction
 from nids.core.columns import AttackPredictions, Columns, FlowBatch, ThreatPredictions
 from nids.core.database import cause_of, open_errors, redacted
-from nids.core.errors import NotFound, Unavailable
+from nids.core.errors import InvalidInput, NotFound, Unavailable
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.schemas import (
+    MAX_EXPLAINED_FEATURES,
     AnalyzeFlow,
     AnalyzeFlows,
     AnalyzeResponse,
     AttackEvents,
+    ExplainedAttackPrediction,
+    ExplainedThreatPrediction,
     ModelInfo,
 )
 from nids.core.settings import Settings, get_settings
@@ -93,6 +96,27 @@ def _codes_of_the_serving_model(flows: FlowBatch) -> None:
 # in between).
 ThreatFlows = Annotated[FlowBatch, Columns("threat", check=_codes_of_the_serving_model)]
 AttackFlows = Annotated[FlowBatch, Columns("attack")]
+
+
+# explanations (nids.models.explain): a twin of each batched API, not batched, so the batched APIs keep exactly one
+# argument and pay nothing for them. `POST /detect_threat?explain=N` reaches the twin (nids.serving.middleware);
+# the body field `explain` or the query parameter names how many features to list per flow.
+DEFAULT_EXPLAINED = 5
+ExplainCount = Annotated[int, Field(ge=1, le=MAX_EXPLAINED_FEATURES, description="features listed per flow")]
+AnalyzeExplainCount = Annotated[
+    int, Field(ge=0, le=MAX_EXPLAINED_FEATURES, description="features listed per flow; 0: no explanation")
+]
+
+
+def _explain_count(body: int, ctx: Context | None, low: int) -> int:
+    """The query parameter `explain` when sent (it wins over the body field), else the body's value."""
+    raw = ctx.request.query_params.get("explain") if ctx is not None else None
+    if raw is None:
+        return body
+    if not raw.strip().isdigit() or not low <= int(raw) <= MAX_EXPLAINED_FEATURES:
+        message = f"Input should be an integer within [{low}, {MAX_EXPLAINED_FEATURES}]"
+        raise InvalidInput(message, detail=[{"loc": ["query", "explain"], "msg": message, "type": "explain"}])
+    return int(raw)
 
 
 class PingReply(BaseModel):
@@ -226,6 +250,35 @@ class NIDSService:
         self.observability.record(PredictionBatch.of_attacks(models, flows, predictions, "api"))
         return predictions
 
+    # Explanations load each version's scikit-learn estimator on first use: async, on the side threads, so neither
+    # that load nor the explaining delays the batched APIs on BentoML's inference thread.
+    @bentoml.api
+    async def detect_threat_explained(
+        self, flows: ThreatFlows, explain: ExplainCount = DEFAULT_EXPLAINED, ctx: Context = None
+    ) -> Annotated[list[ExplainedThreatPrediction], JSON]:
+        """detect_threat with, per flow, the features that moved its score most (`POST /detect_threat?explain=N`)."""
+        return await off_inference(self._explain_threats, flows, _explain_count(explain, ctx, 1))
+
+    def _explain_threats(self, flows: FlowBatch, top: int) -> list[ExplainedThreatPrediction]:
+        models = self.models.active()
+        scores, explained = pipeline.explain_threats(models, flows, top, self.metrics)
+        self.observability.record(PredictionBatch.of_threats(models, flows, scores, "api"))
+        return explained
+
+    @bentoml.api
+    async def classify_attack_explained(
+        self, flows: AttackFlows, explain: ExplainCount = DEFAULT_EXPLAINED, ctx: Context = None
+    ) -> Annotated[list[ExplainedAttackPrediction], JSON]:
+        """classify_attack with, per flow, the features that moved its class's probability most (also
+        `POST /classify_attack?explain=N`)."""
+        return await off_inference(self._explain_attacks, flows, _explain_count(explain, ctx, 1))
+
+    def _explain_attacks(self, flows: FlowBatch, top: int) -> list[ExplainedAttackPrediction]:
+        models = self.models.active()
+        scores, explained = pipeline.explain_attacks(models, flows, top, self.metrics)
+        self.observability.record(PredictionBatch.of_attacks(models, flows, scores, "api"))
+        return explained
+
     # The APIs below touch the audit store or parse uploads: async, their work on threads of their own
     # (nids.serving.offload), so a locked or slow audit database never delays detect_threat/classify_attack.
     @bentoml.api
@@ -234,13 +287,19 @@ class NIDSService:
         return await off_inference(pipeline.self_heal, self._healer_of(ctx), events, self.metrics)
 
     @bentoml.api
-    async def analyze(self, flows: AnalyzeFlows, ctx: Context = None) -> AnalyzeResponse:
-        """The whole pipeline per flow: threat verdict, attack type and action, plus a summary."""
-        return await off_inference(self._analyze, flows, self._healer_of(ctx), "api")
+    async def analyze(
+        self, flows: AnalyzeFlows, explain: AnalyzeExplainCount = 0, ctx: Context = None
+    ) -> AnalyzeResponse:
+        """The whole pipeline per flow: threat verdict, attack type and action, plus a summary; with `explain`
+        (body field or query parameter) each result's explanation lists that many features."""
+        top = _explain_count(explain, ctx, 0)
+        return await off_inference(self._analyze, flows, self._healer_of(ctx), "api", top)
 
-    def _analyze(self, flows: Sequence[AnalyzeFlow], heal: pipeline.Healer, source: Source) -> AnalyzeResponse:
+    def _analyze(
+        self, flows: Sequence[AnalyzeFlow], heal: pipeline.Healer, source: Source, explain: int = 0
+    ) -> AnalyzeResponse:
         models = self.models.active()
-        response = pipeline.analyze(models, heal, flows, self.metrics)
+        response = pipeline.analyze(models, heal, flows, self.metrics, explain)
         self.observability.record(PredictionBatch.of_analysis(models, flows, response, source))
         return response
 
