@@ -216,6 +216,17 @@ def explain(model: LoadedModel, flows: FlowBatch, classes: np.ndarray, top: int)
     return explanations
 
 
+def explain_predicted(model: LoadedModel, flows: FlowBatch, top: int) -> list[Explanation]:
+    """Explanations of the class `model` predicts for each flow (the threshold's for the detector, else argmax):
+    how a logged prediction is explained again by the version that made it."""
+    proba = probabilities(model, flows)
+    if model.threshold is not None:
+        classes = (proba[:, 1] >= model.threshold).astype(np.int64)
+    else:
+        classes = np.argmax(proba, axis=1)
+    return explain(model, flows, classes, top)
+
+
 def explain_threats(
     models: ActiveModels, flows: FlowBatch, top: int, observer: Observer | None = None
 ) -> tuple[ThreatScores, list[ExplainedThreatPrediction]]:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nids.core.drift import DriftStatus
 from nids.core.net import IpAddress
+from nids.observability.feedback_schemas import FeedbackCounts
 from nids.observability.records import Source
 
 MAX_PAGE = 1_000
@@ -87,6 +88,11 @@ class PredictionStats(BaseModel):
     since: datetime | None
     until: datetime | None
     log: LogHealth | None = Field(None, description="what this worker's log dropped or holds back, since when")
+    feedback: list[FeedbackCounts] = Field(
+        default_factory=list,
+        description="analysts' verdicts per model version on the predictions of the window: counts, precision, "
+        "false-positive and false-negative rates (POST /api/v1/predictions/{id}/feedback)",
+    )
 
 
 class TimeWindow(BaseModel):

@@ -81,6 +81,19 @@ def logged_prediction(prediction_id: int, row: Sequence[Any]) -> LoggedPredictio
     return _entry((prediction_id, *row), True)
 
 
+def window_condition(window: TimeWindow, now: float, column: str) -> tuple[list[str], dict[str, Any]]:
+    """SQL conditions (and their parameters) keeping the rows whose `column` (epoch seconds) is in the window."""
+    since = now - window.window_seconds if window.window_seconds is not None else _epoch(window.since)
+    where, params = [], {}
+    if since is not None:
+        where.append(f"{column} >= :since")
+        params["since"] = since
+    if window.until is not None:
+        where.append(f"{column} < :until")
+        params["until"] = _epoch(window.until)
+    return where, params
+
+
 def _entry(row: Sequence[Any], with_features: bool) -> LoggedPrediction:
     v = dict(zip(_SELECTED, row, strict=True))
     return LoggedPrediction(
@@ -219,15 +232,7 @@ class PredictionStore:
 
     @staticmethod
     def _window(window: TimeWindow, now: float) -> tuple[list[str], dict[str, Any]]:
-        since = now - window.window_seconds if window.window_seconds is not None else _epoch(window.since)
-        where, params = [], {}
-        if since is not None:
-            where.append("created_at >= :since")
-            params["since"] = since
-        if window.until is not None:
-            where.append("created_at < :until")
-            params["until"] = _epoch(window.until)
-        return where, params
+        return window_condition(window, now, "created_at")
 
     def list(self, query: PredictionQuery, now: float) -> list[LoggedPrediction]:
         """Newest first."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nids.core.database import cause_of, open_database, redacted
 from nids.core.errors import Unavailable
 from nids.observability.drift import DriftMonitor
+from nids.observability.feedback import FeedbackStore
 from nids.observability.log import LossTally, LostReason
 from nids.observability.process import PredictionLogProcess
 from nids.observability.schemas import LogHealth
@@ -89,6 +90,7 @@ class Observability:
         self.metrics = observability_metrics()
         self.log: PredictionLogProcess | None = None
         self.reader: PredictionStore | None = None
+        self.feedback: FeedbackStore | None = None  # analysts' verdicts, in the log's database
         self.hub: Hub | None = None
         self.drift: DriftMonitor | None = None
         self.reason = "the prediction log is disabled (NIDS_PREDICTION_LOG_ENABLED=false)"
@@ -107,6 +109,7 @@ class Observability:
         try:
             # opens and migrates; reads never wait on writes; the writer process checkpoints
             reader = PredictionStore(open_database(url, checkpoints=False), prefix)
+            feedback = FeedbackStore(reader.db, prefix)
         except Exception as error:  # the service still predicts; what it cannot log is counted; retried
             setting = "NIDS_PREDICTION_LOG_URL" if settings.prediction_log_url else "NIDS_DATA_DIR"
             # the cause's class for callers; the driver's own text in the log, once per distinct cause
@@ -136,7 +139,7 @@ class Observability:
             on_lost=self._lost,
             on_outage=self._on_outage,
         )
-        self.reader = reader
+        self.reader, self.feedback = reader, feedback
         self.hub = Hub(
             reader,
             poll_seconds=settings.realtime_poll_seconds,

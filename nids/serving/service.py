@@ -55,6 +55,7 @@ from nids.serving.metrics import service_metrics
 from nids.serving.middleware import HEALTH, AccessGuard, RequestGuard
 from nids.serving.observability import Observability
 from nids.serving.offload import off_inference
+from nids.serving.routes import feedback as feedback_routes
 from nids.serving.routes import models as model_routes
 from nids.serving.routes import observability as observability_routes
 from nids.serving.routes import upload as upload_routes
@@ -124,6 +125,9 @@ class PingReply(BaseModel):
 
 
 # --- observability routes (docs/api.md, "Observability") -------------------------------------------------
+observability_routes.api.include_router(feedback_routes.router)  # an analyst's verdict and explanations
+
+
 @bentoml.asgi_app(observability_routes.api, path="/api/v1")
 @bentoml.asgi_app(observability_routes.realtime, path="/ws")
 @bentoml.asgi_app(observability_routes.dashboard, path="/")
@@ -178,6 +182,7 @@ class NIDSService:
         workers_missing = partial(missing_workers, settings.workers, WORKERS_RESTARTED)
         HEALTH.unready[:] = [lambda: self.healing_reason, lambda: workers_missing() or ""]
         HEALTH.degraded[:] = [self._audit_degradation, self.observability.degradation]
+        feedback_routes.bind(self.observability, self.lifecycle)
         upload_routes.app.state.observability = self.observability
         # what is loaded by now lives as long as the process: keep it out of every later full collection
         gc.collect()

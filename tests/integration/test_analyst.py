@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,9 @@ from .conftest import Server
 
 pytestmark = [pytest.mark.integration]
 
-SETTINGS = {"NIDS_PREDICTION_LOG_FLUSH_SECONDS": "0.1"}
+ADMIN_TOKEN = "analyst-admin-token"
+SETTINGS = {"NIDS_PREDICTION_LOG_FLUSH_SECONDS": "0.1", "NIDS_ADMIN_TOKEN": ADMIN_TOKEN}
+ANALYST = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +60,72 @@ def test_a_bad_explain_count_is_a_400_naming_it(http: httpx.Client, value: str) 
         assert http.post("/analyze", params={"explain": value}, json={"flows": []}).status_code == 400
     body = http.post("/analyze", json={"flows": [], "explain": 99})
     assert body.status_code == 400 and "explain" in body.text
+
+
+def logged(http: httpx.Client, flow_ids: set[str], deadline_seconds: float = 30) -> list[dict[str, Any]]:
+    """The logged predictions of these flow ids, polled until all are written."""
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        found = [p for p in http.get("/api/v1/predictions", params={"limit": 1000}).json() if p["flow_id"] in flow_ids]
+        if len(found) == len(flow_ids):
+            return found
+    pytest.fail(f"predictions {sorted(flow_ids)} were not logged in {deadline_seconds} s")
+
+
+def metric(http: httpx.Client, line_start: str) -> float | None:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_feedback_round_trip_into_statistics_audit_and_metrics(http: httpx.Client) -> None:
+    flows = [{**flow, "flow_id": f"fb-{i}"} for i, flow in enumerate(load_pool("threat")[:30])]
+    assert http.post("/detect_threat", json={"flows": flows}).status_code == 200
+    predictions = logged(http, {flow["flow_id"] for flow in flows})
+    attack = next(p for p in predictions if p["threat_prediction"]["is_attack"])
+    benign = next(p for p in predictions if not p["threat_prediction"]["is_attack"])
+    version = attack["threat_prediction"]["model_version"]
+    path = f"/api/v1/predictions/{attack['traffic_data_id']}/feedback"
+
+    assert http.post(path, json={"verdict": "false_positive"}).status_code == 401
+    assert http.post(path, json={"verdict": "false_positive"}, headers={"authorization": "Bearer x"}).status_code == 403
+    assert (
+        http.post(
+            "/api/v1/predictions/999999999/feedback", json={"verdict": "true_positive"}, headers=ANALYST
+        ).status_code
+        == 404
+    )
+    refused = http.post(path, json={"verdict": "true_negative"}, headers=ANALYST)
+    assert refused.status_code == 400 and refused.json()["detail"][0]["loc"] == ["body", "verdict"]
+    unknown = http.post(path, json={"verdict": "maybe"}, headers=ANALYST)
+    assert unknown.status_code == 400 and "verdict" in unknown.text
+
+    given = http.post(path, json={"verdict": "false_positive", "note": "a scanner we run"}, headers=ANALYST)
+    assert given.status_code == 200, given.text
+    assert (given.json()["analyst"], given.json()["revisions"], given.json()["label"]) == ("admin", 1, "normal")
+    benign_path = f"/api/v1/predictions/{benign['traffic_data_id']}/feedback"
+    assert http.post(benign_path, json={"verdict": "false_negative"}, headers=ANALYST).status_code == 200
+    stats = {c["model_version"]: c for c in http.get("/api/v1/predictions/stats").json()["feedback"]}
+    assert (stats[version]["false_positive"], stats[version]["false_negative"], stats[version]["precision"]) == (
+        1,
+        1,
+        0.0,
+    )
+
+    again = http.post(path, json={"verdict": "true_positive"}, headers=ANALYST).json()
+    assert (again["verdict"], again["revisions"]) == ("true_positive", 2)
+    assert http.get(path).json()["verdict"] == "true_positive"
+    counts = {c["model_version"]: c for c in http.get("/api/v1/predictions/stats").json()["feedback"]}[version]
+    assert (counts["total"], counts["true_positive"], counts["false_positive"], counts["precision"]) == (2, 1, 0, 1.0)
+    assert counts["false_negative_rate"] == 0.5
+    assert metric(http, f'nids_feedback_precision{{model_version="{version}"}}') == 1.0
+    assert metric(http, f'nids_feedback_false_negative_rate{{model_version="{version}"}}') == 0.5
+    events = http.get("/api/v1/models/events/audit").json()
+    audited = [e for e in events if e["action"] == "prediction_feedback"]
+    assert len(audited) == 3 and audited[0]["actor"] == "admin"
+
+    explanation = http.get(f"/api/v1/predictions/{attack['traffic_data_id']}/explanation", params={"top": 3}).json()
+    assert explanation["explained_class"] == "attack" and len(explanation["top_features"]) == 3
+    assert abs(explanation["score"] - attack["threat_prediction"]["prediction_score"]) < 1e-5
+    assert http.get("/api/v1/predictions/999999999/explanation").status_code == 404

@@ -82,10 +82,13 @@ def list_predictions(query: Annotated[PredictionQuery, Query()]) -> list[LoggedP
 
 @api.get("/predictions/stats")
 def prediction_stats(window: Annotated[TimeWindow, Query()]) -> PredictionStats:
-    """Totals, attack rate, attack-type distribution and the last 100 predictions (optionally in a window)."""
+    """Totals, attack rate, attack-type distribution, the last 100 predictions and the analysts' verdicts per model
+    version (optionally in a window)."""
     observability = _observability()
-    stats = observability.require(observability.reader).stats(window, time.time())
-    return stats.model_copy(update={"log": observability.health()})
+    now = time.time()
+    stats = observability.require(observability.reader).stats(window, now)
+    feedback = observability.require(observability.feedback).stats(window, now)
+    return stats.model_copy(update={"log": observability.health(), "feedback": feedback})
 
 
 @api.get("/predictions/{prediction_id}")
