@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     replica_id: str | None = Field(
         None, max_length=200, description="this replica's id in the fleet status; default: host name:server pid"
     )
+    shadow_queue_batches: int = Field(
+        64, gt=0, le=100_000, description="answered batches waiting for the shadow model per worker; more are shed"
+    )
     model_gate_margin: float = Field(
         0.01, ge=0, le=1, description="a candidate may score at most this much below the active version's metric"
     )

@@ -22,13 +22,14 @@ from typing import Annotated, Any
 
 import bentoml
 from bentoml import server_context
+import numpy as np
 from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 
 from nids.core import pipeline
 from nids.core.actions import HealingAction
 from nids.core.columns import AttackPredictions, Columns, FlowBatch, ThreatPredictions
-from nids.core.database import cause_of, open_errors, redacted
+from nids.core.database import cause_of, open_database, open_errors, redacted
 from nids.core.errors import InvalidInput, NotFound, Unavailable
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.schemas import (
@@ -47,6 +48,7 @@ from nids.healing.schemas import ActionQuery, ActionRecord, EnforcementState
 from nids.models.artifacts import load_model
 from nids.models.lifecycle import Lifecycle
 from nids.models.registry import REGISTRY
+from nids.models.shadow import Offered, ShadowRunner, Shadows, ShadowStore
 from nids.models.state import open_lifecycle_store
 from nids.observability.records import PredictionBatch, Source
 from nids.serving import balance, batching, bentoml_fixes, errors, parsing
@@ -58,6 +60,7 @@ from nids.serving.offload import off_inference
 from nids.serving.routes import feedback as feedback_routes
 from nids.serving.routes import models as model_routes
 from nids.serving.routes import observability as observability_routes
+from nids.serving.routes import shadow as shadow_routes
 from nids.serving.routes import upload as upload_routes
 from nids.serving.workers import missing_workers
 
@@ -126,6 +129,7 @@ class PingReply(BaseModel):
 
 # --- observability routes (docs/api.md, "Observability") -------------------------------------------------
 observability_routes.api.include_router(feedback_routes.router)  # an analyst's verdict and explanations
+model_routes.app.include_router(shadow_routes.router)  # a challenger in the shadow of the active version
 
 
 @bentoml.asgi_app(observability_routes.api, path="/api/v1")
@@ -168,6 +172,21 @@ class NIDSService:
         )
         self.metrics.observe_models(REGISTRY.current)
         self.lifecycle.start(settings.model_sync_seconds)
+        # a challenger in the shadow of the active versions (nids.models.shadow): shared runs, scored off the path
+        metrics = shadow_routes.shadow_metrics()
+        self.shadow = ShadowRunner(
+            None, load_model, queue_batches=settings.shadow_queue_batches, on_shed=metrics.shed,
+            on_compared=metrics.compared,
+        )  # fmt: skip
+        try:
+            shadow_store = ShadowStore(open_database(settings.state_url), settings.model_state_table_prefix)
+        except Exception as error:  # serving goes on without shadow runs; the shadow routes answer 503
+            logger.error("shadow runs unavailable: the lifecycle database: %s: %s", type(error).__name__, error)
+            model_routes.app.state.shadows = None
+        else:
+            self.shadow.store = shadow_store
+            self.shadow.start(settings.model_sync_seconds)
+            model_routes.app.state.shadows = Shadows(shadow_store, self.shadow, self.lifecycle)
         self._healing: HealingEngine | None = None
         self.healing_reason = ""
         self._open_healing(settings)
@@ -224,6 +243,7 @@ class NIDSService:
 
     @bentoml.on_shutdown
     def close(self) -> None:
+        self.shadow.close()
         self.lifecycle.stop()
         if self._healing is not None:
             self._healing.close()
@@ -245,6 +265,9 @@ class NIDSService:
         models = self.models.active()
         predictions = pipeline.detect_threats(models, flows, self.metrics)
         self.observability.record(PredictionBatch.of_threats(models, flows, predictions, "api"))
+        if self.shadow.wants("threat"):
+            classes = predictions.is_attack.astype(np.int64)
+            self.shadow.offer(Offered("threat", models.threat.tag, flows, classes, predictions.scores))
         return predictions
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_LATENCY_MS)
@@ -253,6 +276,9 @@ class NIDSService:
         models = self.models.active()
         predictions = pipeline.classify_attacks(models, flows, self.metrics)
         self.observability.record(PredictionBatch.of_attacks(models, flows, predictions, "api"))
+        if self.shadow.wants("attack"):
+            confidence = predictions.top_proba[:, 0]
+            self.shadow.offer(Offered("attack", models.attack.tag, flows, predictions.codes, confidence))
         return predictions
 
     # Explanations load each version's scikit-learn estimator on first use: async, on the side threads, so neither
@@ -306,6 +332,9 @@ class NIDSService:
         models = self.models.active()
         response = pipeline.analyze(models, heal, flows, self.metrics, explain)
         self.observability.record(PredictionBatch.of_analysis(models, flows, response, source))
+        if self.shadow.wants("threat") or self.shadow.wants("attack"):
+            for offer in shadow_routes.analysis_offers(models, flows, response):
+                self.shadow.offer(offer)
         return response
 
     @bentoml.api

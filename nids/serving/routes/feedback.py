@@ -54,9 +54,14 @@ def bind(observability: Observability, lifecycle: Lifecycle) -> None:
         ).start()
 
 
-def _observability() -> Observability:
+def bound_observability() -> Observability | None:
     observability = _bound.get("observability")
-    if not isinstance(observability, Observability):
+    return observability if isinstance(observability, Observability) else None
+
+
+def _observability() -> Observability:
+    observability = bound_observability()
+    if observability is None:
         raise Unavailable("the service is still starting")
     return observability
 

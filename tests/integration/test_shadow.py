@@ -1,0 +1,147 @@
+"""A challenger in the shadow of the active version over real HTTP (issue 21), on a private copy of the store.
+
+The challenger is a real attack classifier trained on another slice (other seed, small forest) into the session
+store, copied into the server's private store and removed from the session store again (no other module sees it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+
+from loadtest.payloads import load_pool
+from nids.core.columns import validate_flows
+from nids.core.features import ATTACK_MODEL_NAME
+from nids.core.model import LoadedModel
+from nids.models.artifacts import load_model
+from nids.models.shadow import predicted
+from training.attack import AttackConfig, train_attack
+
+from .conftest import Server, copy_store
+
+pytestmark = [pytest.mark.integration]
+
+ADMIN_TOKEN = "shadow-admin-token"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+MODELS = "/api/v1/models"
+
+
+@dataclass(frozen=True)
+class Challenger:
+    home: Path
+    tag: str
+    active: LoadedModel
+    model: LoadedModel
+
+
+@pytest.fixture(scope="module")
+def challenger(model_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Challenger:
+    trained = train_attack(AttackConfig(reports_dir=None, max_rows_per_class=60, n_estimators=3, max_depth=4, seed=7))
+    tag = str(trained.model.tag)
+    try:
+        home = copy_store(model_store.home, tmp_path_factory.mktemp("shadow-store"))
+        return Challenger(home, tag, load_model(model_store.attack_tag), load_model(tag))
+    finally:
+        bentoml.models.delete(tag)
+
+
+@pytest.fixture(scope="module")
+def server(model_store: Any, challenger: Challenger, serve: Callable[..., Server]) -> Server:
+    return serve(
+        challenger.home,
+        NIDS_ADMIN_TOKEN=ADMIN_TOKEN,
+        NIDS_THREAT_MODEL_TAG=model_store.threat_tag,
+        NIDS_ATTACK_MODEL_TAG=model_store.attack_tag,
+        NIDS_SHADOW_QUEUE_BATCHES="1",  # one batch waits at most: bulk load must shed
+        NIDS_PREDICTION_LOG_FLUSH_SECONDS="0.1",
+    )
+
+
+def report(http: httpx.Client) -> dict[str, Any]:
+    response = http.get(f"{MODELS}/shadow/report", params={"model_type": ATTACK_MODEL_NAME})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def compared_reaches(http: httpx.Client, n: int, deadline_seconds: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        body = report(http)
+        if body["flows_compared"] >= n:
+            return body
+    pytest.fail(f"the shadow compared fewer than {n} flows in {deadline_seconds} s: {body['flows_compared']}")
+
+
+def shed(http: httpx.Client) -> float:
+    total = 0.0
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("nids_shadow_flows_total{") and 'outcome="shed"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_shadow_report_matches_a_direct_comparison_and_sheds_under_bulk_load(
+    http: httpx.Client, challenger: Challenger
+) -> None:
+    path = f"{MODELS}/{challenger.tag}/shadow"
+    assert http.post(path, params={"share": 1}).status_code == 401
+    assert http.post(path, params={"share": 0}, headers=ADMIN).status_code == 400
+    assert http.post(f"{MODELS}/{challenger.active.tag}/shadow", headers=ADMIN).status_code == 409
+    started = http.post(path, params={"share": 1}, headers=ADMIN)
+    assert started.status_code == 200, started.text
+    assert started.json()["tag"] == challenger.tag
+
+    flows = [{**flow, "flow_id": f"s-{i}"} for i, flow in enumerate(load_pool("attack")[:300])]
+    for start in range(0, len(flows), 50):  # one request at a time, each compared before the next (queue of 1)
+        assert http.post("/classify_attack", json={"flows": flows[start : start + 50]}).status_code == 200
+        body = compared_reaches(http, start + 50)
+    assert body["flows_compared"] == len(flows)
+
+    batch = validate_flows("attack", flows)
+    active, _ = predicted(challenger.active, batch)
+    shadow, _ = predicted(challenger.model, batch)
+    assert body["agreement_rate"] == round(float(np.mean(active == shadow)), 6)
+    assert body["agreement_rate"] < 1.0, "the challenger should disagree somewhere"
+    names = challenger.active.class_names
+    direct: dict[tuple[str, str], int] = {}
+    for a, s in zip(active.tolist(), shadow.tolist(), strict=True):
+        direct[(names[a], names[s])] = direct.get((names[a], names[s]), 0) + 1
+    assert {(p["active_class"], p["shadow_class"]): p["flows"] for p in body["confusion"]} == direct
+    assert sum(body["score_distribution"]["active"]) == sum(body["score_distribution"]["shadow"]) == len(flows)
+    assert body["disagreements"] and all(d["active_class"] != d["shadow_class"] for d in body["disagreements"])
+    assert body["disagreements"][0]["features"]
+    assert body["active_tags"] == [challenger.active.tag] and body["running"]
+
+    # saturating bulk load: the shadow sheds (counted), every request is answered as without it
+    before = shed(http)
+    bulk = load_pool("attack")[:500]
+    expected = [names[c] for c in predicted(challenger.active, validate_flows("attack", bulk))[0].tolist()]
+
+    def send(_: int) -> list[str]:
+        response = http.post("/classify_attack", json={"flows": bulk})
+        assert response.status_code == 200, response.text
+        return [p["attack_type_name"] for p in response.json()]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(24)))
+    assert all(answer == expected for answer in answers)
+    assert shed(http) > before
+
+    # stop: one call; the report stays readable
+    stopped = http.post(f"{MODELS}/shadow/stop", params={"model_type": ATTACK_MODEL_NAME}, headers=ADMIN)
+    assert stopped.status_code == 200 and stopped.json()["outcome"] == "stopped"
+    assert (
+        http.post(f"{MODELS}/shadow/stop", params={"model_type": ATTACK_MODEL_NAME}, headers=ADMIN).status_code == 404
+    )
+    assert report(http)["running"] is False
+    events = [e["action"] for e in http.get(f"{MODELS}/events/audit").json()]
+    assert "shadow_start" in events and "shadow_stopped" in events
