@@ -145,3 +145,51 @@ def test_shadow_report_matches_a_direct_comparison_and_sheds_under_bulk_load(
     assert report(http)["running"] is False
     events = [e["action"] for e in http.get(f"{MODELS}/events/audit").json()]
     assert "shadow_start" in events and "shadow_stopped" in events
+
+
+def logged_attacks(http: httpx.Client, flow_ids: set[str], deadline_seconds: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        found = [p for p in http.get("/api/v1/predictions", params={"limit": 1000}).json() if p["flow_id"] in flow_ids]
+        if len(found) == len(flow_ids):
+            return found
+    pytest.fail(f"predictions {sorted(flow_ids)} were not logged in {deadline_seconds} s")
+
+
+def test_feedback_accuracy_in_the_report_and_promotion_through_the_gate(
+    http: httpx.Client, challenger: Challenger
+) -> None:
+    flows = [{**flow, "flow_id": f"fa-{i}"} for i, flow in enumerate(load_pool("attack")[300:320])]
+    assert http.post("/classify_attack", json={"flows": flows}).status_code == 200
+    truth = {}
+    for p in logged_attacks(http, {flow["flow_id"] for flow in flows}):
+        name = p["attack_prediction"]["attack_type_name"]
+        verdict = "true_negative" if name == "BENIGN" else "true_positive"
+        given = http.post(
+            f"/api/v1/predictions/{p['traffic_data_id']}/feedback", json={"verdict": verdict}, headers=ADMIN
+        )
+        assert given.status_code == 200, given.text
+        truth[p["flow_id"]] = name  # the analyst confirms the active version's class
+    started = http.post(f"{MODELS}/{challenger.tag}/shadow", params={"share": 0.5}, headers=ADMIN)
+    assert started.status_code == 200, started.text
+    body = report(http)
+    assert (body["running"], body["share"], body["flows_compared"]) == (True, 0.5, 0)
+    batch = validate_flows("attack", flows)
+    labels = np.array([truth[flow["flow_id"]] for flow in flows])
+    names = np.array(challenger.active.class_names)
+    shadow_accuracy = round(float(np.mean(names[predicted(challenger.model, batch)[0]] == labels)), 6)
+    assert body["feedback"] == {"flows": len(flows), "active_accuracy": 1.0, "shadow_accuracy": shadow_accuracy}
+
+    promote = f"{MODELS}/shadow/promote"
+    refused = http.post(promote, params={"model_type": ATTACK_MODEL_NAME}, headers=ADMIN)
+    assert refused.status_code == 409, refused.text  # the small challenger scores below the active version
+    assert report(http)["running"] is True
+    forced = http.post(
+        promote, params={"model_type": ATTACK_MODEL_NAME, "force": "true", "reason": "test"}, headers=ADMIN
+    )
+    assert forced.status_code == 200, forced.text
+    assert forced.json()["is_active"] is True
+    assert report(http)["outcome"] == "promoted"
+    deadline = time.monotonic() + 30
+    while http.post("/model_info", json={}).json()["attack"]["tag"] != challenger.tag:
+        assert time.monotonic() < deadline, "the promoted version is not served"
