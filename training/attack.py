@@ -167,7 +167,9 @@ def load_attack_frame(config: AttackConfig) -> tuple[pd.DataFrame, list[Dataset]
     return frame, files
 
 
-def train_attack(config: AttackConfig = AttackConfig()) -> AttackResult:
+def train_attack(config: AttackConfig = AttackConfig(), extra: common.ExtraRows | None = None) -> AttackResult:
+    """Train, evaluate on the held-out rows of both releases and store; `extra` rows join the training split only
+    (training.retrain)."""
     log = common.Progress(config.model_name)
     frame, files = load_attack_frame(config)
     log(f"loaded {sum(f.rows_read for f in files)} rows; kept {len(frame)} ({[f.dropped for f in files]} dropped)")
@@ -178,6 +180,7 @@ def train_attack(config: AttackConfig = AttackConfig()) -> AttackResult:
         validation_fraction=config.validation_fraction,
         seed=config.seed,
     )
+    split = common.with_extra(split, extra)
     missing = sorted(set(range(len(ATTACK_CLASSES))) - set(common.labels_of(split.train).tolist()))
     if missing:
         raise ValueError(f"training rows lack classes {[ATTACK_CLASSES[code] for code in missing]}")
@@ -223,6 +226,7 @@ def train_attack(config: AttackConfig = AttackConfig()) -> AttackResult:
         estimator=served,
         metadata={
             **_metadata(config, files, split, evaluations, kept, without, calibration),
+            **common.lineage_of(extra),
             drift.METADATA_KEY: drift.reference_distribution(X_train, ATTACK_FEATURES),  # drift monitoring
         },
         reference_cases=cases,

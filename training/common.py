@@ -7,6 +7,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,29 @@ def onnx_with_parity(
 def parity_sample(X: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return X[rng.choice(len(X), size=min(PARITY_SAMPLE_ROWS, len(X)), replace=False)]
+
+
+@dataclass(frozen=True)
+class ExtraRows:
+    """Labelled rows added to a training split only (analysts' verdicts, extra CSVs: training.retrain), so the
+    held-out sets every version is compared on stay the committed ones. `lineage` goes into the metadata."""
+
+    frame: pd.DataFrame  # the model's features and LABEL (and SOURCE for the attack classifier)
+    lineage: dict[str, Any]
+
+    def add_to(self, split: Split) -> Split:
+        if not len(self.frame):
+            return split
+        return dataclasses.replace(split, train=pd.concat([split.train, self.frame], ignore_index=True))
+
+
+def with_extra(split: Split, extra: ExtraRows | None) -> Split:
+    return split if extra is None else extra.add_to(split)
+
+
+def lineage_of(extra: ExtraRows | None) -> dict[str, Any]:
+    """The metadata entry of a retrained version ({} for a version trained from the committed data alone)."""
+    return {} if extra is None else {"lineage": extra.lineage}
 
 
 def split_metadata(split: Split) -> dict[str, Any]:

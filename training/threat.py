@@ -195,12 +195,14 @@ def _encoders_and_split(train_file: Dataset, config: ThreatConfig) -> tuple[dict
     return encoders_of(train_file.frame), split
 
 
-def train_threat(config: ThreatConfig = ThreatConfig()) -> ThreatResult:
+def train_threat(config: ThreatConfig = ThreatConfig(), extra: common.ExtraRows | None = None) -> ThreatResult:
+    """Train, evaluate on KDDTest+ and store; `extra` rows join the training split only (training.retrain)."""
     log = common.Progress(config.model_name)
     train_file = load_nsl_kdd(config.train_path, nrows=config.max_train_rows)
     test_file = load_nsl_kdd(config.test_path, nrows=config.max_test_rows)
     log(f"loaded {train_file.rows_read} training rows, {test_file.rows_read} test rows")
     encoders, split = _encoders_and_split(train_file, config)
+    split = common.with_extra(split, extra)
     log(f"split: {len(split.train)} train / {len(split.validation)} validation ({split.duplicates_removed} duplicates)")
     X_train, y_train = common.encode(split.train, THREAT_FEATURES, encoders), common.labels_of(split.train)
     X_val, y_val = common.encode(split.validation, THREAT_FEATURES, encoders), common.labels_of(split.validation)
@@ -237,6 +239,7 @@ def train_threat(config: ThreatConfig = ThreatConfig()) -> ThreatResult:
         estimator=served,
         metadata={
             **_metadata(config, train_file, test_file, split, encoders, evaluations, kept, calibration),
+            **common.lineage_of(extra),
             drift.METADATA_KEY: drift.reference_distribution(X_train, THREAT_FEATURES),  # drift monitoring
         },
         reference_cases=reference_cases(split.validation, val_scores, chosen.threshold, config.seed),

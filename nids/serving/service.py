@@ -267,7 +267,7 @@ class NIDSService:
         self.observability.record(PredictionBatch.of_threats(models, flows, predictions, "api"))
         if self.shadow.wants("threat"):
             classes = predictions.is_attack.astype(np.int64)
-            self.shadow.offer(Offered("threat", models.threat.tag, flows, classes, predictions.scores))
+            self.shadow.offer(Offered("threat", models.threat.tag, flows, classes, predictions.probability))
         return predictions
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_LATENCY_MS)

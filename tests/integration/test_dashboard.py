@@ -23,6 +23,7 @@ from .conftest import Server
 
 pytestmark = [pytest.mark.integration]
 
+ANALYST_TOKEN = "dashboard-analyst-token"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ATTACK_FLOW: dict[str, Any] = json.loads((FIXTURES / "original_attack_flow.json").read_text())
@@ -39,7 +40,7 @@ ARGS = [
 @pytest.fixture(scope="module")
 def server(model_store: Any, serve: Callable[..., Server]) -> Server:
     fast = {"NIDS_PREDICTION_LOG_FLUSH_SECONDS": "0.1", "NIDS_REALTIME_POLL_SECONDS": "0.1"}
-    return serve(model_store.home, **fast, NIDS_DRIFT_REFRESH_SECONDS="0.2")
+    return serve(model_store.home, **fast, NIDS_DRIFT_REFRESH_SECONDS="0.2", NIDS_ADMIN_TOKEN=ANALYST_TOKEN)
 
 
 def post(server: Server, path: str, body: dict[str, Any]) -> None:
@@ -77,6 +78,15 @@ def test_dashboard_shows_a_prediction_live(server: Server, tmp_path: Path) -> No
             page.wait_for_timeout(300)  # past the server's drift refresh (0.2 s here)
             page.evaluate("loadDrift()")  # the page itself reloads drift every 15 s
             expect(page.locator("#drift")).to_contain_text("threat (300 recent rows)")
+            # a selected prediction: why the model scored it so, and the analyst's verdict on it
+            page.locator("#recent tr").first.click()
+            expect(page.locator("#selected")).to_contain_text("P(SSH-Patator)", timeout=15_000)
+            expect(page.locator("#selected .contribution")).to_have_count(9)  # the top 8 and the rest
+            page.fill("#token", ANALYST_TOKEN)
+            page.click("#verdict-form button[data-verdict=true_positive]")
+            expect(page.locator("#verdict-status")).to_contain_text("recorded: true_positive by admin")
+            expect(page.locator("#feedback tr")).to_have_count(1)
+            expect(page.locator("#feedback tr").first).to_contain_text("attack_classifier:")
             page.wait_for_timeout(500)
             shot = Path(os.environ.get("NIDS_DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
             page.screenshot(path=str(shot), full_page=True)

@@ -125,7 +125,7 @@ def analysis_offers(models: ActiveModels, flows: Sequence[AnalyzeFlow], response
         batch = FlowBatch.of(kind, [flows[i].root for i in index])
         if kind == "threat":  # every result of its kind carries the part read here
             classes = np.array([int(r.threat_prediction.is_attack) for r in results])
-            scores = np.array([r.threat_prediction.prediction_score for r in results])
+            scores = np.array([r.threat_prediction.attack_probability for r in results])
             tag = models.threat.tag
         else:
             classes = np.array([r.attack_prediction.attack_type_encoded for r in results if r.attack_prediction])
