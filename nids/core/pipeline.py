@@ -191,6 +191,7 @@ def explain(model: LoadedModel, flows: FlowBatch, classes: np.ndarray, top: int)
     contributions = model.explain(flows.matrix(model), classes)
     values = contributions.values
     order = np.argsort(-np.abs(values), axis=1, kind="stable")
+    listed_values = values.tolist()
     rest = values.copy()
     np.put_along_axis(rest, order[:, :top], 0.0, axis=1)
     totals, others = values.sum(axis=1).tolist(), rest.sum(axis=1).tolist()
@@ -199,12 +200,15 @@ def explain(model: LoadedModel, flows: FlowBatch, classes: np.ndarray, top: int)
     for row, (features, base, chosen, code) in enumerate(
         zip(flows.feature_dicts(), contributions.base.tolist(), order[:, :top].tolist(), classes.tolist(), strict=True)
     ):
-        listed = [
-            FeatureContribution(feature=names[j], value=features[names[j]], contribution=float(values[row, j]))
+        listed = [  # built from the model's own numbers: constructed, not validated (~2 us instead of ~60 a flow)
+            FeatureContribution.model_construct(
+                feature=names[j], value=features[names[j]], contribution=listed_values[row][j]
+            )
             for j in chosen
         ]
         explanations.append(
-            Explanation(
+            Explanation.model_construct(
+                method="path_contributions",
                 explained_class=model.class_names[code],
                 score=base + totals[row],
                 base_value=base,

@@ -7,15 +7,15 @@ flow and class
 
     base value (mean root fraction over the trees) + sum of the feature contributions == predict_proba
 
-exactly, up to float64 rounding (tests/models/test_explain.py checks 1e-9 on both served models). This is the
-"Saabas" decomposition (treeinterpreter), not TreeSHAP: both are exact in that sense, but path contributions are
-computed in one sparse matrix product over `decision_path` (tens of microseconds per flow, no new dependency),
-whereas the `shap` package adds numba and llvmlite to the served image for its TreeExplainer. The known weakness:
-a feature split on near the root takes credit a Shapley value would share with features deeper in the tree
-(docs/api.md, "Explanations").
+exactly, up to float64 rounding (tests/models/test_explain.py checks 1e-6 on both served models). This is the
+"Saabas" decomposition (treeinterpreter), not TreeSHAP: both add up exactly, but path contributions need no new
+dependency and are computed for every tree and flow at once (a walk from the leaves `apply` gives up to the
+roots), whereas the `shap` package brings numba and llvmlite into the served image for its TreeExplainer. The
+known weakness: a feature split on near the root takes credit a Shapley value would share with features deeper
+in the tree (docs/analyst.md, "Explanations").
 
 The explained model is the scikit-learn estimator of the stored version, loaded on first use and checked against
-its recorded sha256 again; the served ONNX form agrees with it within ONNX parity (~1e-6, recorded at training).
+its recorded sha256 again; the served ONNX form agrees with it within ONNX parity (~1e-7, recorded at training).
 """
 
 from __future__ import annotations
@@ -25,20 +25,22 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy import sparse
 
 from nids.core.model import Contributions
 
 
 class PathExplainer:
-    """Path contributions of a fitted scikit-learn forest (or single tree), for any class per flow."""
+    """Path contributions of a fitted scikit-learn forest (or single tree), for any class per flow.
+
+    Each tree's `apply` gives the leaf a flow reaches; the walk from all leaves up to their roots, one level per
+    step for every tree and flow at once, credits each node's change of class fraction to its parent's feature."""
 
     def __init__(self, estimator: Any) -> None:
         trees = getattr(estimator, "estimators_", None) or [estimator]
-        structures = [tree.tree_ for tree in trees]
-        n_features = int(estimator.n_features_in_)
-        deltas, parents_feature, roots = [], [], []
-        for structure in structures:
+        self._structures = [tree.tree_ for tree in trees]
+        self.n_features = int(estimator.n_features_in_)
+        deltas, parents, features, roots, offsets = [], [], [], [], [0]
+        for structure in self._structures:
             value = structure.value[:, 0, :].astype(np.float64)
             value = value / value.sum(axis=1, keepdims=True)  # class fractions (older releases store counts)
             parent = np.full(structure.node_count, -1)
@@ -48,33 +50,35 @@ class PathExplainer:
             delta = np.zeros_like(value)
             has_parent = parent >= 0
             delta[has_parent] = value[has_parent] - value[parent[has_parent]]
-            deltas.append(delta / len(structures))
-            parents_feature.append(np.where(has_parent, structure.feature[np.maximum(parent, 0)], 0))
+            deltas.append(delta / len(self._structures))
+            features.append(np.where(has_parent, structure.feature[np.maximum(parent, 0)], 0))
+            parents.append(np.where(has_parent, parent + offsets[-1], -1))
             roots.append(value[0])
-        self.n_features = n_features
-        self._estimator = estimator
+            offsets.append(offsets[-1] + structure.node_count)
         self._delta = np.concatenate(deltas)  # (all nodes, classes): the move into each node, averaged over trees
-        feature = np.concatenate(parents_feature)
-        nodes = len(feature)
-        # node -> the feature its parent splits on (roots map to column 0 with a zero delta)
-        self._credit = sparse.csr_matrix((np.ones(nodes), (np.arange(nodes), feature)), shape=(nodes, n_features))
+        self._feature = np.concatenate(features)  # node -> the feature its parent splits on (roots: 0)
+        self._parent = np.concatenate(parents)  # node -> its parent, in the forest's numbering (roots: -1)
+        self._offsets = offsets[:-1]
         self.base = np.mean(roots, axis=0)  # (classes,)
 
     def __call__(self, X: np.ndarray, classes: np.ndarray) -> Contributions:
         """Per flow (row of float32 X), the contribution of every feature to P(classes[i]) and the base value."""
-        X = np.asarray(X, dtype=np.float32)
+        X = np.ascontiguousarray(X, dtype=np.float32)
         classes = np.asarray(classes, dtype=np.int64)
-        if len(X) == 0:
-            return Contributions(np.empty((0, self.n_features)), np.empty(0))
-        if hasattr(self._estimator, "estimators_"):
-            paths, _ = self._estimator.decision_path(X)
-        else:
-            paths = self._estimator.decision_path(X)
-        paths = sparse.csr_matrix(paths, dtype=np.float64)
-        rows = np.repeat(np.arange(len(X)), np.diff(paths.indptr))
-        paths.data = self._delta[paths.indices, classes[rows]]
-        contributions = np.asarray((paths @ self._credit).todense())
-        return Contributions(contributions, self.base[classes])
+        n, width = len(X), self.n_features
+        totals = np.zeros(n * width)
+        if n:
+            nodes = np.concatenate(
+                [s.apply(X) + offset for s, offset in zip(self._structures, self._offsets, strict=True)]
+            )
+            row = np.tile(np.arange(n), len(self._structures))
+            while len(nodes):
+                cells = row * width + self._feature[nodes]
+                totals += np.bincount(cells, weights=self._delta[nodes, classes[row]], minlength=n * width)
+                nodes = self._parent[nodes]
+                climbing = self._parent[nodes] >= 0  # the root's own delta is 0: stop there
+                nodes, row = nodes[climbing], row[climbing]
+        return Contributions(totals.reshape(n, width), self.base[classes])
 
 
 class LazyExplainer:
