@@ -4,6 +4,7 @@ python -m training.retrain --model attack                      # the attack clas
 python -m training.retrain --model both --shadow 0.2           # both, each started in shadow on 20% of traffic
 python -m training.retrain --model threat --extra-csv more.csv # plus an NSL-KDD-format CSV (labelled rows)
 python -m training.retrain --on-drift --service-url http://127.0.0.1:3000 --drift-hold-seconds 3600
+python -m training.retrain --model attack --upload http://nids-1:3000 --upload http://nids-2:3000 --shadow 0.2
 
 The recipe is the one of `training.train_all` (same code, same defaults, the same `--threat-*` / `--attack-*`
 options); the verdicts of `POST /api/v1/predictions/{id}/feedback` (read from the prediction log's database,
@@ -14,6 +15,10 @@ its lineage in the model's metadata: the parent (the active version), the sha256
 extra CSVs, the feedback rows) and the number of feedback rows. `--shadow SHARE` starts it in shadow; promoting
 it stays a person's call (`POST /api/v1/models/shadow/promote`, through the gate).
 
+`--upload URL` (repeatable) adds the new version to each service's own model store as a signed package
+(`POST /api/v1/models/upload`, NIDS_ADMIN_TOKEN, NIDS_MODEL_SIGNING_KEY) before any shadow run starts: replicas
+whose stores are not the one trained into (containers, pods) need it to score the shadow.
+
 `--on-drift` watches `GET /api/v1/drift` every `--poll-seconds` and retrains the drifting model(s) once the status
 `drift` has held for `--drift-hold-seconds`; it runs until stopped (`--max-retrains` bounds it).
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import sys
 import time
@@ -43,7 +49,8 @@ from nids.core.features import (
     THREAT_MODEL_NAME,
 )
 from nids.core.settings import get_settings
-from nids.models.artifacts import get_store_model
+from nids.models.artifacts import ModelLoadError, get_store_model
+from nids.models.packages import write_package
 from nids.models.shadow import ShadowStore
 from nids.models.state import open_lifecycle_store
 from nids.observability.feedback import FeedbackStore
@@ -116,13 +123,18 @@ def retrain(
     csvs: Sequence[Path] = (),
     shadow: float | None = None,
     trigger: str = "manual",
+    uploads: Sequence[str] = (),
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True),
 ) -> str:
-    """Train one challenger, register it inactive with its lineage (and start it in shadow); its tag."""
+    """Train one challenger, register it inactive with its lineage (uploaded to `uploads`, the services whose
+    stores need it; then started in shadow when asked); its tag."""
     settings = get_settings()
     model_type = MODEL_TYPES[kind]
     parent = parent_tag(model_type)
-    encoders = dict(get_store_model(parent).info.metadata.get("encoders", {}))
+    try:  # the parent's categories turn codes sent as numbers back into names; a job with a store of its own
+        encoders = dict(get_store_model(parent).info.metadata.get("encoders", {}))  # may not hold the parent
+    except ModelLoadError:
+        encoders = {}
     feedback = FeedbackStore(open_database(settings.prediction_log_database_url), settings.prediction_log_table_prefix)
     try:
         labelled = [(given.prediction_id, features, label) for features, label, given in feedback.labelled(kind)]
@@ -147,9 +159,10 @@ def retrain(
     )
     train: Callable[..., Any] = train_threat if kind == "threat" else train_attack
     tag = train(config, extra).model.tag
+    description = f"challenger of {parent}: {len(labelled)} feedback rows ({trigger})"
+    upload(tag, model_type, uploads, description)
     state = open_lifecycle_store(settings.state_url, settings.model_state_table_prefix)
     try:
-        description = f"challenger of {parent}: {len(labelled)} feedback rows ({trigger})"
         state.note(tag, description=description, uploaded_by=ACTOR)
         detail = {key: lineage[key] for key in ("parent", "trigger", "feedback_rows", "feedback_sha256")}
         state.record(ACTOR, "register", model_type=model_type, to_tag=tag, reason=description, detail=detail)
@@ -160,6 +173,26 @@ def retrain(
         state.close()
     log(f"{model_type}: registered {tag} inactive" + (f", in shadow on {shadow:.0%} of flows" if shadow else ""))
     return tag
+
+
+def upload(tag: str, model_type: str, services: Sequence[str], description: str) -> None:
+    """The version as a signed package (NIDS_MODEL_SIGNING_KEY) to each service's store, through
+    `POST /api/v1/models/upload` with NIDS_ADMIN_TOKEN: how replicas with stores of their own get the challenger."""
+    settings = get_settings()
+    key = settings.model_signing_key.get_secret_value().encode() if settings.model_signing_key else None
+    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    package = io.BytesIO()
+    write_package(get_store_model(tag), package, key)
+    for service in services:
+        response = httpx.post(
+            f"{service.rstrip('/')}/api/v1/models/upload",
+            files={"file": ("challenger.bentomodel", package.getvalue())},
+            data={"model_type": model_type, "description": description},
+            headers={"authorization": f"Bearer {token}"},
+            timeout=300,
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"upload of {tag} to {service} refused: {response.status_code} {response.text[:500]}")
 
 
 def drifting(service_url: str) -> set[str]:
@@ -183,7 +216,16 @@ def watch(args: argparse.Namespace, configs: dict[str, ThreatConfig | AttackConf
         for kind, start in list(since.items()):
             if now - start >= args.drift_hold_seconds:
                 trigger = f"drift held {now - start:.0f} s (>= {args.drift_hold_seconds:g} s)"
-                tags.append(retrain(kind, configs[kind], csvs=args.extra_csv, shadow=args.shadow, trigger=trigger))
+                tags.append(
+                    retrain(
+                        kind,
+                        configs[kind],
+                        csvs=args.extra_csv,
+                        shadow=args.shadow,
+                        trigger=trigger,
+                        uploads=args.upload,
+                    )
+                )
                 del since[kind]  # the next retrain needs the alert to hold again
         if args.max_retrains is not None and len(tags) >= args.max_retrains:
             break
@@ -196,6 +238,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=["threat", "attack", "both"], default="both")
     parser.add_argument("--extra-csv", type=Path, action="append", default=[], help="labelled CSV rows to add")
     parser.add_argument("--shadow", type=float, default=None, help="start each challenger in shadow on this share")
+    parser.add_argument(
+        "--upload",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also add it to this service's store (each replica)",
+    )
     parser.add_argument("--on-drift", action="store_true", help="retrain when a drift alert held long enough")
     parser.add_argument("--service-url", default="http://127.0.0.1:3000", help="the service whose drift is read")
     parser.add_argument("--drift-hold-seconds", type=float, default=3600.0)
@@ -217,7 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.on_drift:
         tags = watch(args, configs)
     else:
-        tags = [retrain(kind, config, csvs=args.extra_csv, shadow=args.shadow) for kind, config in configs.items()]
+        tags = [
+            retrain(kind, config, csvs=args.extra_csv, shadow=args.shadow, uploads=args.upload)
+            for kind, config in configs.items()
+        ]
     for tag in tags:
         print(tag, flush=True)
 

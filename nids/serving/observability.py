@@ -12,7 +12,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from nids.core.database import cause_of, open_database, redacted
 from nids.core.errors import Unavailable
@@ -43,6 +43,8 @@ class ObservabilityMetrics:
         self.lost = prom.Counter(
             "nids_prediction_log_lost", "Predictions that could not be logged, by reason", ["reason"]
         )
+        for reason in get_args(LostReason):  # exported at 0 before anything is lost (dashboards, alerts)
+            self.lost.labels(reason)
         self.clients = prom.Gauge(
             "nids_realtime_clients", "Connected /ws/realtime clients", multiprocess_mode="livesum"
         )

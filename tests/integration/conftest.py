@@ -68,6 +68,16 @@ def wait_for(check: Callable[[], Any], seconds: float = 60.0) -> Any:
     raise AssertionError(f"not true within {seconds} s")
 
 
+def logged_predictions(http: httpx.Client, flow_ids: set[str], seconds: float = 30.0) -> list[dict[str, Any]]:
+    """The logged predictions of these flow ids (the log is written off the request path: polled until all are)."""
+
+    def found() -> list[dict[str, Any]]:
+        rows = [p for p in http.get("/api/v1/predictions", params={"limit": 1000}).json() if p["flow_id"] in flow_ids]
+        return rows if len(rows) == len(flow_ids) else []
+
+    return wait_for(found, seconds)
+
+
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
     """serve(home, **env) -> Server once /livez answers; every server started is stopped at module end."""

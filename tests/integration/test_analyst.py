@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +10,7 @@ import pytest
 
 from loadtest.payloads import load_pool
 
-from .conftest import Server
+from .conftest import Server, logged_predictions
 
 pytestmark = [pytest.mark.integration]
 
@@ -62,16 +61,6 @@ def test_a_bad_explain_count_is_a_400_naming_it(http: httpx.Client, value: str) 
     assert body.status_code == 400 and "explain" in body.text
 
 
-def logged(http: httpx.Client, flow_ids: set[str], deadline_seconds: float = 30) -> list[dict[str, Any]]:
-    """The logged predictions of these flow ids, polled until all are written."""
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
-        found = [p for p in http.get("/api/v1/predictions", params={"limit": 1000}).json() if p["flow_id"] in flow_ids]
-        if len(found) == len(flow_ids):
-            return found
-    pytest.fail(f"predictions {sorted(flow_ids)} were not logged in {deadline_seconds} s")
-
-
 def metric(http: httpx.Client, line_start: str) -> float | None:
     for line in http.get("/metrics").text.splitlines():
         if line.startswith(line_start):
@@ -84,7 +73,7 @@ def test_feedback_round_trip_into_statistics_audit_and_metrics(http: httpx.Clien
     answered = http.post("/detect_threat", json={"flows": flows})
     assert answered.status_code == 200
     probability = {p["flow_id"]: p["attack_probability"] for p in answered.json()}
-    predictions = logged(http, {flow["flow_id"] for flow in flows})
+    predictions = logged_predictions(http, {flow["flow_id"] for flow in flows})
     attack = next(p for p in predictions if p["threat_prediction"]["is_attack"])
     benign = next(p for p in predictions if not p["threat_prediction"]["is_attack"])
     version = attack["threat_prediction"]["model_version"]

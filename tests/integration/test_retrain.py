@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,13 @@ from loadtest.payloads import load_pool
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_FEATURES, THREAT_MODEL_NAME
 from training.data import NSL_KDD_TEST, NSL_KDD_TRAIN
 
-from .conftest import REPO, Server, copy_store
+from .conftest import REPO, Server, copy_store, logged_predictions, wait_for
 
 pytestmark = [pytest.mark.integration]
 
 ADMIN_TOKEN = "retrain-admin-token"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+SIGNING_KEY = "retrain-signing-key"
 MODELS = "/api/v1/models"
 SLICES = [
     *(["--attack-max-rows-per-class", "60", "--attack-n-estimators", "5", "--attack-max-depth", "8"]),
@@ -65,6 +65,7 @@ def environment(model_store: Any, tmp_path_factory: pytest.TempPathFactory) -> d
 def server(environment: dict[str, str], serve: Callable[..., Server]) -> Server:
     settings = {
         "NIDS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "NIDS_MODEL_SIGNING_KEY": SIGNING_KEY,
         "NIDS_PREDICTION_LOG_FLUSH_SECONDS": "0.1",
         "NIDS_DRIFT_WINDOW": "400",
         "NIDS_DRIFT_REFRESH_SECONDS": "1",
@@ -75,7 +76,7 @@ def server(environment: dict[str, str], serve: Callable[..., Server]) -> Server:
 
 
 def retrain(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **environment}
+    env = {**os.environ, **environment, "NIDS_ADMIN_TOKEN": ADMIN_TOKEN, "NIDS_MODEL_SIGNING_KEY": SIGNING_KEY}
     return subprocess.run(
         [sys.executable, "-m", "training.retrain", *args, *SLICES],
         cwd=REPO,
@@ -96,44 +97,27 @@ def metadata(environment: dict[str, str], tag: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def wait_for(condition: Callable[[], Any], seconds: float = 60) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-    pytest.fail(f"not reached within {seconds} s")
-
-
 def test_a_challenger_from_feedback_through_shadow_and_the_gate(
-    http: httpx.Client, environment: dict[str, str]
+    http: httpx.Client, environment: dict[str, str], tmp_path: Path
 ) -> None:
     flows = [{**flow, "flow_id": f"r-{i}"} for i, flow in enumerate(load_pool("attack")[:40])]
     assert http.post("/classify_attack", json={"flows": flows}).status_code == 200
-    logged = wait_for(
-        lambda: (
-            len(
-                found := [
-                    p for p in http.get("/api/v1/predictions").json() if p["flow_id"] in {f["flow_id"] for f in flows}
-                ]
-            )
-            == 40
-            and found
-        )
-    )
+    logged = logged_predictions(http, {flow["flow_id"] for flow in flows})
     ids = []
-    for p in logged[:12]:  # the analyst confirms some and corrects the type of one attack
+    for p in logged[:12]:  # the analyst confirms the verdicts of twelve
         name = p["attack_prediction"]["attack_type_name"]
         verdict = {"verdict": "true_negative"} if name == "BENIGN" else {"verdict": "true_positive"}
         response = http.post(f"/api/v1/predictions/{p['traffic_data_id']}/feedback", json=verdict, headers=ADMIN)
         assert response.status_code == 200, response.text
         ids.append(p["traffic_data_id"])
 
-    run = retrain(environment, "--model", "attack", "--shadow", "1")
+    # the retraining has a store of its own (a copy): the server gets the challenger through the upload API
+    own = {**environment, "BENTOML_HOME": str(copy_store(Path(environment["BENTOML_HOME"]), tmp_path))}
+    run = retrain(own, "--model", "attack", "--shadow", "1", "--upload", str(http.base_url))
     assert run.returncode == 0, run.stderr[-3000:]
     tag = run.stdout.strip().splitlines()[-1]
     assert tag.startswith(f"{ATTACK_MODEL_NAME}:")
-    lineage = metadata(environment, tag)["lineage"]
+    lineage = metadata(environment, tag)["lineage"]  # in the server's store, as uploaded
     assert lineage["feedback_rows"] == 12 and sorted(lineage["feedback_prediction_ids"]) == sorted(ids)
     assert lineage["parent"] == environment["NIDS_ATTACK_MODEL_TAG"] and len(lineage["feedback_sha256"]) == 64
     entry = http.get(f"{MODELS}/{tag}").json()
@@ -147,7 +131,7 @@ def test_a_challenger_from_feedback_through_shadow_and_the_gate(
         body = http.get(f"{MODELS}/shadow/report", params={"model_type": ATTACK_MODEL_NAME}).json()
         return body["shadow_tag"] == tag and body["flows_compared"]
 
-    assert wait_for(compared) > 0
+    assert wait_for(compared, 60) > 0
     promote = http.post(f"{MODELS}/shadow/promote", params={"model_type": ATTACK_MODEL_NAME}, headers=ADMIN)
     if promote.status_code == 409:  # the gate refused the small challenger: a person decides, with a reason
         assert "gate" in promote.json()["error"]
@@ -157,7 +141,7 @@ def test_a_challenger_from_feedback_through_shadow_and_the_gate(
             headers=ADMIN,
         )
     assert promote.status_code == 200, promote.text
-    assert wait_for(lambda: http.post("/model_info", json={}).json()["attack"]["tag"] == tag)
+    wait_for(lambda: http.post("/model_info", json={}).json()["attack"]["tag"] == tag, 60)
 
 
 def test_a_drift_alert_held_long_enough_retrains_the_drifting_model(

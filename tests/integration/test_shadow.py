@@ -6,7 +6,8 @@ store, copied into the server's private store and removed from the session store
 
 from __future__ import annotations
 
-import time
+import json
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from nids.models.artifacts import load_model
 from nids.models.shadow import predicted
 from training.attack import AttackConfig, train_attack
 
-from .conftest import Server, copy_store
+from .conftest import Server, copy_store, logged_predictions, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -63,6 +64,7 @@ def server(model_store: Any, challenger: Challenger, serve: Callable[..., Server
         NIDS_ATTACK_MODEL_TAG=model_store.attack_tag,
         NIDS_SHADOW_QUEUE_BATCHES="1",  # one batch waits at most: bulk load must shed
         NIDS_PREDICTION_LOG_FLUSH_SECONDS="0.1",
+        NIDS_DRIFT_REFRESH_SECONDS="1",
     )
 
 
@@ -72,13 +74,8 @@ def report(http: httpx.Client) -> dict[str, Any]:
     return response.json()
 
 
-def compared_reaches(http: httpx.Client, n: int, deadline_seconds: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
-        body = report(http)
-        if body["flows_compared"] >= n:
-            return body
-    pytest.fail(f"the shadow compared fewer than {n} flows in {deadline_seconds} s: {body['flows_compared']}")
+def compared_reaches(http: httpx.Client, n: int) -> dict[str, Any]:
+    return wait_for(lambda: (body := report(http))["flows_compared"] >= n and body, 60)
 
 
 def shed(http: httpx.Client) -> float:
@@ -147,22 +144,13 @@ def test_shadow_report_matches_a_direct_comparison_and_sheds_under_bulk_load(
     assert "shadow_start" in events and "shadow_stopped" in events
 
 
-def logged_attacks(http: httpx.Client, flow_ids: set[str], deadline_seconds: float = 30) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
-        found = [p for p in http.get("/api/v1/predictions", params={"limit": 1000}).json() if p["flow_id"] in flow_ids]
-        if len(found) == len(flow_ids):
-            return found
-    pytest.fail(f"predictions {sorted(flow_ids)} were not logged in {deadline_seconds} s")
-
-
 def test_feedback_accuracy_in_the_report_and_promotion_through_the_gate(
     http: httpx.Client, challenger: Challenger
 ) -> None:
     flows = [{**flow, "flow_id": f"fa-{i}"} for i, flow in enumerate(load_pool("attack")[300:320])]
     assert http.post("/classify_attack", json={"flows": flows}).status_code == 200
     truth = {}
-    for p in logged_attacks(http, {flow["flow_id"] for flow in flows}):
+    for p in logged_predictions(http, {flow["flow_id"] for flow in flows}):
         name = p["attack_prediction"]["attack_type_name"]
         verdict = "true_negative" if name == "BENIGN" else "true_positive"
         given = http.post(
@@ -190,6 +178,37 @@ def test_feedback_accuracy_in_the_report_and_promotion_through_the_gate(
     assert forced.status_code == 200, forced.text
     assert forced.json()["is_active"] is True
     assert report(http)["outcome"] == "promoted"
-    deadline = time.monotonic() + 30
-    while http.post("/model_info", json={}).json()["attack"]["tag"] != challenger.tag:
-        assert time.monotonic() < deadline, "the promoted version is not served"
+    wait_for(lambda: http.post("/model_info", json={}).json()["attack"]["tag"] == challenger.tag, 30)
+
+
+GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
+# PromQL words that are not metric names
+PROMQL = {"sum", "max", "min", "by", "rate", "increase", "histogram_quantile", "le"}
+
+
+def queried_metrics() -> set[str]:
+    dashboard = json.loads((GRAFANA / "dashboards" / "nids.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(exprs) >= 15
+    names = set()
+    for expr in exprs:
+        without_labels = re.sub(r"\{[^}]*\}", "", re.sub(r"\[[^]]*\]", "", expr))
+        without_groups = re.sub(r"by \([^)]*\)", "", without_labels)
+        names |= {word for word in re.findall(r"[a-z_][a-z0-9_]*", without_groups) if word not in PROMQL}
+    return names
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_exported(http: httpx.Client) -> None:
+    """After the tests above (shadow runs, verdicts, predictions) plus an action and a drift refresh."""
+    event = {"attack_type": "SSH-Patator", "confidence": 0.97, "src_ip": "203.0.113.9"}
+    assert http.post("/self_heal", json={"events": [event]}).status_code == 200
+    names = queried_metrics()
+    assert {"nids_shadow_flows_total", "nids_feedback_precision", "nids_drift_psi"} <= names
+
+    def missing() -> set[str]:
+        exported = {re.split(r"[{ ]", line, maxsplit=1)[0] for line in http.get("/metrics").text.splitlines()}
+        return {name for name in names if name not in exported}
+
+    wait_for(lambda: not missing(), 30)  # the drift gauges are refreshed every second here
+    provisioning = (GRAFANA / "provisioning" / "datasources" / "prometheus.yaml").read_text()
+    assert "uid: nids-prometheus" in provisioning

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
 from nids.core import pipeline
+from nids.core.database import PostgresDatabase, SqliteDatabase
 from nids.core.features import THREAT_FEATURES
 from nids.core.model import ActiveModels
 from nids.core.schemas import ThreatFlow
 from nids.models.artifacts import load_model
 from nids.observability.records import PredictionBatch
+from nids.observability.store import PredictionStore
 from training.data import NSL_KDD_TEST
+
+from ..healing.conftest import PG_URL, postgres_reachable
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionStore]:
+    """The prediction log on SQLite and on PostgreSQL (a table prefix of its own, dropped after the test, with the
+    analysts' verdicts table of the same prefix)."""
+    if request.param == "sqlite":
+        store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
+        yield store
+        store.close()
+        return
+    if reason := postgres_reachable():
+        pytest.skip(reason)
+    prefix = f"t{uuid.uuid4().hex[:12]}_"
+    store = PredictionStore(PostgresDatabase(PG_URL), prefix)
+    try:
+        yield store
+    finally:
+        store.db.execute([(f"DROP TABLE IF EXISTS {store.predictions}, {store.schema}, {prefix}feedback", {})])
+        store.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,50 +3,31 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nids.core.database import PostgresDatabase, SqliteDatabase
 from nids.core.errors import InvalidInput
 from nids.core.model import ActiveModels
 from nids.observability.feedback import FeedbackStore
 from nids.observability.feedback_schemas import FeedbackIn
-from nids.observability.schemas import PredictionQuery, TimeWindow
+from nids.observability.schemas import LoggedPrediction, PredictionQuery, TimeWindow
 from nids.observability.store import PredictionStore
 
-from ..healing.conftest import PG_URL, postgres_reachable
 from .conftest import batch
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[PredictionStore, FeedbackStore]]:
-    if request.param == "sqlite":
-        log = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
-        yield log, FeedbackStore(log.db)
-        log.close()
-        return
-    if reason := postgres_reachable():
-        pytest.skip(reason)
-    prefix = f"f{uuid.uuid4().hex[:12]}_"
-    log = PredictionStore(PostgresDatabase(PG_URL), prefix)
-    feedback = FeedbackStore(log.db, prefix)
-    try:
-        yield log, feedback
-    finally:
-        log.db.execute([(f"DROP TABLE IF EXISTS {log.predictions}, {log.schema}, {feedback.table}", {})])
-        log.close()
+@pytest.fixture
+def logged(store: PredictionStore, models: ActiveModels, flows: Any) -> list[LoggedPrediction]:
+    """40 real predictions, logged (newest first)."""
+    store.insert(batch(models, flows[:40]).rows())
+    return store.list(PredictionQuery(limit=40), time.time())
 
 
 def test_a_verdict_round_trips_into_statistics_and_a_repeat_updates(
-    stores: tuple[PredictionStore, FeedbackStore], models: ActiveModels, flows: Any
+    store: PredictionStore, logged: list[LoggedPrediction], models: ActiveModels
 ) -> None:
-    log, feedback = stores
-    log.insert(batch(models, flows[:40]).rows())
-    logged = log.list(PredictionQuery(limit=40), time.time())
+    log, feedback = store, FeedbackStore(store.db, store.predictions.removesuffix("predictions"))
     attacks = [p for p in logged if p.threat_prediction.is_attack]
     benign = [p for p in logged if not p.threat_prediction.is_attack]
     assert len(attacks) >= 3 and len(benign) >= 3
@@ -83,11 +64,9 @@ def test_a_verdict_round_trips_into_statistics_and_a_repeat_updates(
 
 
 def test_a_verdict_that_contradicts_the_prediction_is_refused_naming_the_field(
-    stores: tuple[PredictionStore, FeedbackStore], models: ActiveModels, flows: Any
+    store: PredictionStore, logged: list[LoggedPrediction]
 ) -> None:
-    log, feedback = stores
-    log.insert(batch(models, flows[:40]).rows())
-    logged = log.list(PredictionQuery(limit=40), time.time())
+    log, feedback = store, FeedbackStore(store.db, store.predictions.removesuffix("predictions"))
     attack = next(p for p in logged if p.threat_prediction.is_attack)
     with pytest.raises(InvalidInput) as refused:
         feedback.give(log.get(attack.traffic_data_id), FeedbackIn(verdict="true_negative"), "alice", time.time())

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import pandas as pd
 import pytest
 
 from nids.core import drift, pipeline
-from nids.core.database import PostgresDatabase, SqliteDatabase
+from nids.core.database import SqliteDatabase
 from nids.core.features import THREAT_FEATURES
 from nids.core.model import ActiveModels
 from nids.models.artifacts import load_model
@@ -26,26 +24,7 @@ from nids.observability.store import SCHEMA_VERSION, PredictionStore
 from nids.observability.stream import EventFilter, Hub
 from training.data import NSL_KDD_TEST, NSL_KDD_TRAIN
 
-from ..healing.conftest import PG_URL, postgres_reachable
 from .conftest import batch
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionStore]:
-    if request.param == "sqlite":
-        store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
-        yield store
-        store.close()
-        return
-    if reason := postgres_reachable():
-        pytest.skip(reason)
-    prefix = f"t{uuid.uuid4().hex[:12]}_"
-    store = PredictionStore(PostgresDatabase(PG_URL), prefix)
-    try:
-        yield store
-    finally:
-        store.db.execute([(f"DROP TABLE IF EXISTS {store.predictions}, {store.schema}", {})])
-        store.close()
 
 
 def test_written_off_the_request_path_and_queried(store: PredictionStore, models: ActiveModels, flows: Any) -> None:

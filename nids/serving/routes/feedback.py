@@ -32,9 +32,10 @@ from nids.models.artifacts import load_model
 from nids.models.lifecycle import Lifecycle
 from nids.observability.feedback import FeedbackStore
 from nids.observability.feedback_schemas import VERDICTS, Feedback, FeedbackCounts, FeedbackIn
-from nids.observability.schemas import LoggedPrediction, TimeWindow
+from nids.observability.schemas import TimeWindow
 from nids.serving.auth import Caller, Role, bearer, require, token_book
 from nids.serving.observability import Observability
+from nids.serving.routes.observability import get_prediction
 
 logger = logging.getLogger("nids.feedback")
 router = APIRouter()
@@ -73,19 +74,12 @@ def analyst_caller(authorization: Annotated[str | None, Header()] = None) -> Cal
 Analyst = Annotated[Caller, Depends(analyst_caller)]
 
 
-def _prediction(observability: Observability, prediction_id: int) -> LoggedPrediction:
-    prediction = observability.require(observability.reader).get(prediction_id)
-    if prediction is None:
-        raise NotFound(f"no logged prediction with id {prediction_id} (unknown, or past the log's retention)")
-    return prediction
-
-
 @router.post("/predictions/{prediction_id}/feedback")
 def give_feedback(prediction_id: int, feedback: FeedbackIn, caller: Analyst) -> Feedback:
     """Record the analyst's verdict on a logged prediction (replacing an earlier one); audited."""
     observability = _observability()
     store: FeedbackStore = observability.require(observability.feedback)
-    given = store.give(_prediction(observability, prediction_id), feedback, caller.label, time.time())
+    given = store.give(get_prediction(prediction_id), feedback, caller.label, time.time())
     lifecycle = _bound.get("lifecycle")
     if isinstance(lifecycle, Lifecycle):
         detail = {"prediction_id": prediction_id, "verdict": given.verdict, "attack_type": given.attack_type}
@@ -98,11 +92,10 @@ def give_feedback(prediction_id: int, feedback: FeedbackIn, caller: Analyst) -> 
 
 @router.get("/predictions/{prediction_id}/feedback")
 def get_feedback(prediction_id: int) -> Feedback:
-    observability = _observability()
-    given = observability.require(observability.feedback).get(prediction_id)
-    if given is None:
-        raise NotFound(f"no feedback on prediction {prediction_id}")
-    return given
+    given = _observability().require(_observability().feedback).get(prediction_id)
+    if given is not None:
+        return given
+    raise NotFound(f"no feedback on prediction {prediction_id}")
 
 
 @router.get("/predictions/{prediction_id}/explanation")
@@ -111,7 +104,7 @@ def explain_prediction(
 ) -> Explanation:
     """The features that moved a logged prediction's score most, by the model version that made it."""
     observability = _observability()
-    prediction = _prediction(observability, prediction_id)
+    prediction = get_prediction(prediction_id)
     version = (
         prediction.attack_prediction.model_version
         if prediction.kind == "attack" and prediction.attack_prediction is not None
@@ -148,6 +141,9 @@ class FeedbackMetrics:
         self.given = prom.Counter(
             "nids_feedback", "Analysts' verdicts given, by flow kind and verdict", ["kind", "verdict"]
         )
+        for kind in ("threat", "attack"):  # exported at 0 before any verdict
+            for verdict in VERDICTS:
+                self.given.labels(kind, verdict)
         self.verdicts = prom.Gauge(
             "nids_feedback_verdicts",
             "Verdicts on each model version's predictions (shared table), by verdict",

@@ -100,6 +100,9 @@ class ShadowMetrics:
             "Flows offered to the shadow model: compared (agreed/disagreed with the active version) or shed",
             ["model_type", "outcome"],
         )
+        for model_type in MODEL_TYPE_OF.values():  # exported at 0 before any shadow run
+            for outcome in ("agreed", "disagreed", "shed"):
+                self.flows.labels(model_type, outcome)
 
     def shed(self, kind: str, flows: int) -> None:
         self.flows.labels(MODEL_TYPE_OF[kind], "shed").inc(flows)
