@@ -23,16 +23,16 @@ import httpx
 import joblib
 
 from loadtest.run import REPO, RESULTS, serve
-from nids.core.features import ATTACK_MODEL_NAME
+from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.models.artifacts import ESTIMATOR_FILE, ONNX_FILE, get_store_model, load_reference_cases, save_model
 
 TOKEN = "shadow-benchmark-token"
 AUTO = {"files", "library_versions", "git_commit", "created_at", "reference_case_count", "inference_forms"}
 
 
-def challenger() -> str:
+def challenger(source_tag: str) -> str:
     """A new version of the served attack classifier: the same estimator and ONNX form under a new tag."""
-    source = get_store_model(f"{ATTACK_MODEL_NAME}:latest")
+    source = get_store_model(source_tag)
     model = save_model(
         ATTACK_MODEL_NAME,
         estimator=joblib.load(source.path_of(ESTIMATOR_FILE)),
@@ -62,8 +62,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
     args = parser.parse_args()
     base = RESULTS / "benchmarks" / f"shadow-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    tag, admin = challenger(), {"authorization": f"Bearer {TOKEN}"}
-    os.environ.update({"NIDS_ADMIN_TOKEN": TOKEN, "NIDS_DATA_DIR": tempfile.mkdtemp(prefix="nids-shadow-bench-")})
+    served = str(get_store_model(f"{ATTACK_MODEL_NAME}:latest").tag)
+    tag, admin = challenger(served), {"authorization": f"Bearer {TOKEN}"}
+    os.environ.update(
+        {
+            "NIDS_ADMIN_TOKEN": TOKEN,
+            "NIDS_DATA_DIR": tempfile.mkdtemp(prefix="nids-shadow-bench-"),
+            "NIDS_ATTACK_MODEL_TAG": served,  # the copy is the newest version: serve the one it copies
+            "NIDS_THREAT_MODEL_TAG": str(get_store_model(f"{THREAT_MODEL_NAME}:latest").tag),
+        }
+    )
     rows = []
     with serve("service:NIDSService", base / "server.log") as (url, pid):
         for label in ("off", "on", "off again"):

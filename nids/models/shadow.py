@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from nids.core.columns import FlowBatch, validate_flows
 from nids.core.database import Database, check_prefix
 from nids.core.errors import Conflict, NotFound
-from nids.models.lifecycle import ROLES, store_model
+from nids.models.lifecycle import ROLES
 from nids.models.registry import check_contract
 
 if TYPE_CHECKING:
@@ -349,6 +349,7 @@ class ShadowRunner:
         self._queue: queue.Queue[Offered] = queue.Queue(maxsize=queue_batches)
         self._runs: dict[str, tuple[ShadowRun, LoadedModel]] = {}  # kind -> the run and its loaded version
         self._failed: dict[str, str] = {}  # tag -> why it cannot be loaded here
+        self._report_model: LoadedModel | None = None  # the version of the latest stopped run a report read
         self._rng = np.random.default_rng(seed)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -365,6 +366,16 @@ class ShadowRunner:
             self._queue.put_nowait(batch)
         except queue.Full:
             self.on_shed(batch.kind, len(batch.flows))
+
+    def model_of(self, tag: str) -> LoadedModel:
+        """The loaded version of a run: the one this worker scores with, else loaded (verified) and kept."""
+        for run, model in self._runs.values():
+            if run.tag == tag:
+                return model
+        with self._lock:
+            if self._report_model is None or self._report_model.tag != tag:
+                self._report_model = self.loader(tag)
+            return self._report_model
 
     # --- following the shared runs ------------------------------------------------------------------------
     def sync(self) -> None:
@@ -485,7 +496,7 @@ class Shadows:
         self.store, self.runner, self.lifecycle = store, runner, lifecycle
 
     def start(self, model_id: str, share: float, actor: str) -> ShadowRun:
-        model = store_model(model_id)
+        model = self.lifecycle.model(model_id)  # a tag or the original's integer id
         tag, model_type = str(model.tag), model.tag.name
         active = self.lifecycle.store.active().get(model_type)
         if active is not None and active.tag == tag:
@@ -518,7 +529,7 @@ class Shadows:
 
     def report(self, model_type: str, labelled: Sequence[tuple[dict[str, Any], str]] | None = None) -> ShadowReport:
         run = self.store.latest(model_type)
-        shadow = self.runner.loader(run.tag)
+        shadow = self.runner.model_of(run.tag)
         report = self.store.report(run, shadow.class_names)
         if labelled is not None:
             active = self.lifecycle.registry.active().by_role()[ROLES[model_type]]

@@ -134,6 +134,8 @@ ROUTES: dict[tuple[str, str], Access] = {
     # the BentoML APIs (nids.serving.service)
     ("POST", "/detect_threat"): VIEWER,
     ("POST", "/classify_attack"): VIEWER,
+    ("POST", "/detect_threat_explained"): VIEWER,  # ?explain=N on the batched APIs (docs/analyst.md)
+    ("POST", "/classify_attack_explained"): VIEWER,
     ("POST", "/model_info"): VIEWER,
     ("POST", "/ping"): VIEWER,
     ("POST", "/healing_actions"): VIEWER,
@@ -148,6 +150,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/api/v1/predictions"): VIEWER,
     ("GET", "/api/v1/predictions/stats"): VIEWER,
     ("GET", "/api/v1/predictions/{prediction_id}"): VIEWER,
+    # the analyst's loop (nids.serving.routes.feedback): a verdict needs a token of its giver (viewer or above)
+    ("POST", "/api/v1/predictions/{prediction_id}/feedback"): VIEWER,
+    ("GET", "/api/v1/predictions/{prediction_id}/feedback"): VIEWER,
+    ("GET", "/api/v1/predictions/{prediction_id}/explanation"): VIEWER,
     ("GET", "/api/v1/drift"): VIEWER,
     ("GET", "/api/v1/realtime/ticket"): VIEWER,
     (WEBSOCKET, "/ws/realtime"): VIEWER,
@@ -166,6 +172,11 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", MODELS + "/{model_id}/deactivate"): ADMIN,
     ("DELETE", MODELS + "/{model_id}"): ADMIN,
     ("GET", MODELS + "/{model_id}/export"): ADMIN,
+    # shadow A/B (nids.serving.routes.shadow)
+    ("GET", MODELS + "/shadow/report"): VIEWER,
+    ("POST", MODELS + "/{model_id}/shadow"): ADMIN,
+    ("POST", MODELS + "/shadow/stop"): ADMIN,
+    ("POST", MODELS + "/shadow/promote"): ADMIN,
 }
 
 

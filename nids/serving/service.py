@@ -128,8 +128,6 @@ class PingReply(BaseModel):
 
 
 # --- observability routes (docs/api.md, "Observability") -------------------------------------------------
-observability_routes.api.include_router(feedback_routes.router)  # an analyst's verdict and explanations
-model_routes.app.include_router(shadow_routes.router)  # a challenger in the shadow of the active version
 
 
 @bentoml.asgi_app(observability_routes.api, path="/api/v1")

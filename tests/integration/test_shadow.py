@@ -128,8 +128,8 @@ def test_shadow_report_matches_a_direct_comparison_and_sheds_under_bulk_load(
         assert response.status_code == 200, response.text
         return [p["attack_type_name"] for p in response.json()]
 
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(send, range(24)))
+    with ThreadPoolExecutor(4) as pool:  # 4 connections of 500-flow requests: batches faster than the shadow
+        answers = list(pool.map(send, range(16)))
     assert all(answer == expected for answer in answers)
     assert shed(http) > before
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import Depends, Query
 
 from nids.core import pipeline
 from nids.core.columns import validate_flows
@@ -33,15 +33,14 @@ from nids.models.lifecycle import Lifecycle
 from nids.observability.feedback import FeedbackStore
 from nids.observability.feedback_schemas import VERDICTS, Feedback, FeedbackCounts, FeedbackIn
 from nids.observability.schemas import TimeWindow
-from nids.serving.auth import Caller, Role, bearer, require, token_book
+from nids.serving.auth import ANONYMOUS, Caller, RequestCaller, Unauthenticated
 from nids.serving.observability import Observability
+from nids.serving.routes.observability import api as observability_api
 from nids.serving.routes.observability import get_prediction
 
 logger = logging.getLogger("nids.feedback")
-router = APIRouter()
+router = observability_api  # the routes join the /api/v1 app of nids.serving.routes.observability
 REFRESH_SECONDS = 15.0
-# the scope that may give verdicts: every analyst's token, not only the admin's
-ANALYST_SCOPE = Role.ADMIN
 _bound: dict[str, object] = {}
 
 
@@ -67,8 +66,13 @@ def _observability() -> Observability:
     return observability
 
 
-def analyst_caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
-    return require(token_book(), ANALYST_SCOPE, bearer(authorization))
+def analyst_caller(caller: RequestCaller) -> Caller:
+    """Who gives a verdict: a token's label (viewer scope or above), never an anonymous caller of open mode."""
+    if caller is None or caller.label == ANONYMOUS:
+        raise Unauthenticated(
+            "giving a verdict needs a token (viewer scope or above): send 'Authorization: Bearer <token>'"
+        )
+    return caller
 
 
 Analyst = Annotated[Caller, Depends(analyst_caller)]

@@ -18,7 +18,7 @@ from functools import cache
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 
 from nids.core.columns import FlowBatch
 from nids.core.errors import Unavailable
@@ -29,8 +29,9 @@ from nids.models.lifecycle import ModelEntry, parse_model_type
 from nids.models.shadow import Offered, ShadowReport, Shadows
 from nids.serving.auth import AdminCaller
 from nids.serving.routes import feedback as feedback_routes
+from nids.serving.routes.models import app as lifecycle_app
 
-router = APIRouter()
+router = lifecycle_app  # the routes join the /api/v1/models app of nids.serving.routes.models
 MODEL_TYPE_OF = {"threat": THREAT_MODEL_NAME, "attack": ATTACK_MODEL_NAME}
 
 
