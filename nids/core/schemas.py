@@ -247,7 +247,10 @@ class Explanation(BaseModel):
     )
     explained_class: str = Field(description="the predicted class, whose probability is explained")
     score: float = Field(description="the probability of explained_class by the stored estimator")
-    base_value: float = Field(description="the mean probability of explained_class at the trees' roots")
+    base_value: float = Field(
+        description="the probability of explained_class at the trees' roots (mean over the trees; calibrated as the "
+        "served probability is)"
+    )
     top_features: list[FeatureContribution] = Field(description="the largest contributions by magnitude, first")
     other_features: float = Field(description="the sum of the contributions not listed")
     model_version: str

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from nids.core.errors import Unavailable
 from nids.core.model import Contributions
 
 
@@ -36,9 +37,13 @@ class PathExplainer:
     step for every tree and flow at once, credits each node's change of class fraction to its parent's feature."""
 
     def __init__(self, estimator: Any) -> None:
-        trees = getattr(estimator, "estimators_", None) or [estimator]
+        self._served = estimator
+        self._calibration = Calibration(estimator) if hasattr(estimator, "calibrated_classifiers_") else None
+        forest = estimator.estimator if self._calibration is not None else estimator
+        self._forest = forest
+        trees = _trees(forest)
         self._structures = [tree.tree_ for tree in trees]
-        self.n_features = int(estimator.n_features_in_)
+        self.n_features = int(forest.n_features_in_)
         deltas, parents, features, roots, offsets = [], [], [], [], [0]
         for structure in self._structures:
             value = structure.value[:, 0, :].astype(np.float64)
@@ -78,7 +83,68 @@ class PathExplainer:
                 nodes = self._parent[nodes]
                 climbing = self._parent[nodes] >= 0  # the root's own delta is 0: stop there
                 nodes, row = nodes[climbing], row[climbing]
-        return Contributions(totals.reshape(n, width), self.base[classes])
+        values = totals.reshape(n, width)
+        if self._calibration is None or not n:
+            return Contributions(values, self.base[classes])
+        return self._calibration.rescale(X, classes, values, self.base, self._served, self._forest)
+
+
+class Calibration:
+    """A calibrated forest (sklearn's CalibratedClassifierCV, sigmoid or isotonic, as training.common.calibrate
+    stores it): the forest's path contributions are exact for its raw probability f of the explained class; the
+    served probability p is the calibrators' map of the raw probabilities. Each contribution is scaled by the
+    secant (p - b) / (f - f0), b the calibrators' map of the forest's base value f0, so that b + contributions == p
+    exactly, in the calibrated space and keeping every contribution's sign and rank (where f == f0, the difference
+    p - b is shared equally). The map is checked against the estimator's own predict_proba on the first flows
+    explained: any disagreement (another sklearn's calibration) makes the explanation unavailable, never wrong."""
+
+    TOLERANCE = 1e-9
+
+    def __init__(self, estimator: Any) -> None:
+        self._parts = estimator.calibrated_classifiers_
+        if any(getattr(part, "method", None) not in ("sigmoid", "isotonic") for part in self._parts):
+            raise Unavailable("explanations support sigmoid and isotonic calibration only")
+        self._checked = False
+
+    def calibrated(self, raw: np.ndarray) -> np.ndarray:
+        """The calibrated probabilities of raw forest probabilities (n, classes), as sklearn 1.5-1.9 computes them."""
+        total = np.zeros_like(raw, dtype=np.float64)
+        for part in self._parts:
+            proba = np.zeros_like(total)
+            if raw.shape[1] == 2:
+                proba[:, 1] = part.calibrators[0].predict(raw[:, 1])
+                proba[:, 0] = 1.0 - proba[:, 1]
+            else:
+                for j, calibrator in enumerate(part.calibrators):
+                    proba[:, j] = calibrator.predict(raw[:, j])
+                denominator = proba.sum(axis=1, keepdims=True)
+                proba = np.divide(proba, denominator, out=np.full_like(proba, 1 / raw.shape[1]), where=denominator != 0)
+            proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
+            total += proba
+        return total / len(self._parts)
+
+    def rescale(
+        self, X: np.ndarray, classes: np.ndarray, values: np.ndarray, raw_base: np.ndarray, served: Any, forest: Any
+    ) -> Contributions:
+        """`values`: the forest's contributions to its raw probability of `classes`; `raw_base`: its base vector."""
+        rows = np.arange(len(classes))
+        p = np.asarray(served.predict_proba(X), dtype=np.float64)
+        if not self._checked:
+            raw = np.asarray(forest.predict_proba(X), dtype=np.float64)
+            if np.abs(self.calibrated(raw) - p).max() > self.TOLERANCE:
+                raise Unavailable("this model's calibration cannot be explained exactly (unexpected calibrator)")
+            self._checked = True
+        b = self.calibrated(raw_base[None, :])[0][classes]
+        gap, raw_gap = p[rows, classes] - b, values.sum(axis=1)
+        flat = np.abs(raw_gap) <= 1e-12
+        slope = np.divide(gap, raw_gap, out=np.zeros_like(gap), where=~flat)
+        scaled = values * slope[:, None]
+        scaled[flat] = gap[flat, None] / values.shape[1]
+        return Contributions(scaled, b)
+
+
+def _trees(forest: Any) -> list[Any]:
+    return getattr(forest, "estimators_", None) or [forest]
 
 
 class LazyExplainer:
