@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from bentoml import server_context
 import numpy as np
+from bentoml import server_context
 from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 
@@ -242,6 +242,7 @@ class NIDSService:
     @bentoml.on_shutdown
     def close(self) -> None:
         self.shadow.close()
+        feedback_routes.close()
         self.lifecycle.stop()
         if self._healing is not None:
             self._healing.close()

@@ -82,7 +82,7 @@ def test_dashboard_shows_a_prediction_live(server: Server, tmp_path: Path) -> No
             page.locator("#recent tr").first.click()
             expect(page.locator("#selected")).to_contain_text("P(SSH-Patator)", timeout=15_000)
             expect(page.locator("#selected .contribution")).to_have_count(9)  # the top 8 and the rest
-            page.fill("#token", ANALYST_TOKEN)
+            page.fill("#verdict-token", ANALYST_TOKEN)
             page.click("#verdict-form button[data-verdict=true_positive]")
             expect(page.locator("#verdict-status")).to_contain_text("recorded: true_positive by admin")
             expect(page.locator("#feedback tr")).to_have_count(1)

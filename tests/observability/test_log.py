@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pandas as pd
 import pytest
 
 from nids.core import drift, pipeline
-from nids.core.database import SqliteDatabase
+from nids.core.database import PostgresDatabase, SqliteDatabase
 from nids.core.features import THREAT_FEATURES
 from nids.core.model import ActiveModels
 from nids.models.artifacts import load_model
@@ -24,6 +26,7 @@ from nids.observability.store import SCHEMA_VERSION, PredictionStore
 from nids.observability.stream import EventFilter, Hub
 from training.data import NSL_KDD_TEST, NSL_KDD_TRAIN
 
+from ..healing.conftest import PG_URL, postgres_reachable
 from .conftest import batch
 
 

@@ -42,16 +42,19 @@ logger = logging.getLogger("nids.feedback")
 router = observability_api  # the routes join the /api/v1 app of nids.serving.routes.observability
 REFRESH_SECONDS = 15.0
 _bound: dict[str, object] = {}
+_closing = threading.Event()
 
 
 def bind(observability: Observability, lifecycle: Lifecycle) -> None:
     """Called by the service at startup (in the worker): the log, the lifecycle audit trail, the gauges' thread."""
     _bound.update(observability=observability, lifecycle=lifecycle)
-    if observability.feedback is not None:
-        metrics = feedback_metrics()
-        threading.Thread(
-            target=metrics.refresh_loop, args=(observability,), name="feedback-gauges", daemon=True
-        ).start()
+    metrics = feedback_metrics()
+    threading.Thread(target=metrics.refresh_loop, args=(observability,), name="feedback-gauges", daemon=True).start()
+
+
+def close() -> None:
+    """Stop the gauges' thread (the service's shutdown)."""
+    _closing.set()
 
 
 def bound_observability() -> Observability | None:
@@ -180,9 +183,11 @@ class FeedbackMetrics:
 
     def refresh_loop(self, observability: Observability) -> None:
         """Every REFRESH_SECONDS, the gauges from the shared table (other workers' and replicas' verdicts too)."""
-        while not observability.closing.wait(REFRESH_SECONDS):
+        while not _closing.wait(REFRESH_SECONDS):
+            if observability.feedback is None:  # the log is not open (yet): nothing to publish
+                continue
             try:
-                self.publish(observability.require(observability.feedback).stats(TimeWindow(), time.time()))
+                self.publish(observability.feedback.stats(TimeWindow(), time.time()))
             except Exception as error:  # the next round tries again
                 logger.warning("feedback gauges not updated: %s: %s", type(error).__name__, error)
 
