@@ -209,6 +209,6 @@ def test_every_metric_the_grafana_dashboard_queries_is_exported(http: httpx.Clie
         exported = {re.split(r"[{ ]", line, maxsplit=1)[0] for line in http.get("/metrics").text.splitlines()}
         return {name for name in names if name not in exported}
 
-    wait_for(lambda: not missing(), 30)  # the drift gauges are refreshed every second here
+    wait_for(lambda: not missing(), 90)  # the drift gauges are refreshed every second here (slow when loaded)
     provisioning = (GRAFANA / "provisioning" / "datasources" / "prometheus.yaml").read_text()
     assert "uid: nids-prometheus" in provisioning
