@@ -66,9 +66,13 @@ def audit_prefix() -> Iterator[str]:
         pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {error}")
     prefix = f"ct_{uuid.uuid4().hex[:8]}_"
     yield prefix
-    with connection:
-        for table in ("actions", "state"):
-            connection.execute(f"DROP TABLE IF EXISTS {prefix}{table}")
+    with connection:  # the audit log's and the model lifecycle's (prefix + "lc_") tables
+        tables = connection.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND starts_with(tablename, %s)",
+            (prefix,),
+        ).fetchall()
+        for (table,) in tables:
+            connection.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')
 
 
 def flip_a_byte(path: Path) -> None:
@@ -121,7 +125,13 @@ def start_replica(
 def cluster(start_replica: Callable[..., Replica], audit_prefix: str) -> Iterator[Cluster]:
     if shutil.which("haproxy") is None:
         missing("no haproxy on PATH (Debian package haproxy)")
-    shared = {"NIDS_HEALING_AUDIT_URL": PG_URL, "NIDS_HEALING_AUDIT_TABLE_PREFIX": audit_prefix}
+    # the lifecycle state follows the audit log's database: under a prefix of this module's own too, so the
+    # versions other sessions recorded as active in the shared database are not this cluster's
+    shared = {
+        "NIDS_HEALING_AUDIT_URL": PG_URL,
+        "NIDS_HEALING_AUDIT_TABLE_PREFIX": audit_prefix,
+        "NIDS_MODEL_STATE_TABLE_PREFIX": f"{audit_prefix}lc_",
+    }
     replicas = (start_replica(**shared), start_replica(**shared))
     unverified = start_replica(tampered=True, **shared)
     with haproxy([replica.address for replica in replicas]) as balancer:

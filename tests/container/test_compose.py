@@ -123,7 +123,7 @@ def test_a_replica_stopped_under_load_costs_no_request_after_it_stopped(
     assert len(outcomes) == RATE * 15
     failed = [outcome for outcome in outcomes if outcome.status != 200]
     assert not [outcome for outcome in failed if outcome.sent >= stopped], failed[-5:]
-    assert {outcome.replica for outcome in outcomes if outcome.sent >= stopped + 5} == {"replica1"}
+    assert {outcome.replica for outcome in outcomes if outcome.sent >= stopped} <= {"replica1"}
     report(
         capsys,
         f"compose: nids-2 stopped under {RATE} req/s ({stopped - started:.1f} s to drain and exit): "
