@@ -57,7 +57,9 @@ def cause_of(error: BaseException) -> str:
         return "its directory is read-only or not writable"
     if "unable to open database file" in text or isinstance(error, OSError):
         return "its file cannot be created or opened (a missing, read-only or full directory)"
-    if "does not exist" in text:
+    if "no such table" in text or type(error).__name__ == "UndefinedTable":
+        return "its tables are missing (dropped while the service ran?); the server's log names the cause"
+    if "does not exist" in text and "database" in text:
         return "the database does not exist on the server"
     return "its database cannot be reached or refused the statement; the server's log names the cause"
 

@@ -68,3 +68,18 @@ def test_a_reader_leaves_checkpoints_to_the_writer(tmp_path: Path) -> None:
     reader = open_database(f"sqlite:///{tmp_path / 'log.sqlite3'}", checkpoints=False)
     assert [thread.name for thread in threading.enumerate()].count("sqlite-checkpoint") == before
     reader.close()
+
+
+def test_a_missing_table_is_not_reported_as_a_missing_database(tmp_path: Path) -> None:
+    """What a caller reads when the tables vanish under a running service: the tables, not the database."""
+    import sqlite3
+
+    with pytest.raises(sqlite3.OperationalError) as missing_table:
+        sqlite3.connect(tmp_path / "a.db").execute("SELECT * FROM gone")
+    assert database.cause_of(missing_table.value).startswith("its tables are missing")
+    psycopg = pytest.importorskip("psycopg")
+    for error, cause in (
+        (psycopg.errors.UndefinedTable('relation "t_x" does not exist'), "its tables are missing"),
+        (psycopg.OperationalError('database "nope" does not exist'), "the database does not exist on the server"),
+    ):
+        assert database.cause_of(error).startswith(cause)
