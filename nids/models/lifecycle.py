@@ -574,14 +574,17 @@ class Lifecycle:
         model_type = parse_model_type(model_type, ("path", "model_type"))
         versions = self.list_versions(model_type)
         state = self.store.active().get(model_type)
+        history = state.history if state else ()
+        aliases = self.store.aliases()
         return {
             "model_type": model_type,
             "active": next((entry for entry in versions if entry.is_active), None),
             "versions": len(versions),
-            "history": list(state.history) if state else [],
+            "history": list(history),
+            "history_ids": [aliases.get(tag) for tag in history],
             "gate_margin": self.gate_margin,
             "replica": next(s for s in self.replica_status() if s.model_type == model_type),
-            "events": self.store.events(model_type, limit=20),
+            "events": self.events(model_type, limit=20),
         }
 
     def storage(self) -> dict[str, Any]:
@@ -603,7 +606,15 @@ class Lifecycle:
         }
 
     def events(self, model_type: str | None = None, limit: int = 100) -> list[LifecycleEvent]:
-        return self.store.events(parse_model_type(model_type) if model_type else None, limit)
+        """Newest first, each tag with its integer id (the original's model id) beside it."""
+        events = self.store.events(parse_model_type(model_type) if model_type else None, limit)
+        aliases = self.store.aliases()
+        return [
+            event.model_copy(
+                update={"from_id": aliases.get(event.from_tag or ""), "to_id": aliases.get(event.to_tag or "")}
+            )
+            for event in events
+        ]
 
     # --- writing ----------------------------------------------------------------------------------------
     def activate(self, model_id: str, actor: str, *, force: bool = False, reason: str | None = None) -> ModelEntry:

@@ -74,6 +74,8 @@ class LifecycleEvent(BaseModel):
     to_tag: str | None = None
     reason: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+    from_id: int | None = Field(default=None, description="the integer id of from_tag (see the model entries' id)")
+    to_id: int | None = Field(default=None, description="the integer id of to_tag")
 
 
 @dataclass(frozen=True)

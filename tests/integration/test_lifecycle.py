@@ -371,8 +371,10 @@ def test_activating_the_active_version_answers_200_unchanged_and_is_recorded(
     assert again.json()["is_active"] and again.json()["tag"] == versions.threat
     after = http.get(f"{MODELS}/profile/threat_detector").json()
     assert after["history"] == before["history"] and after["active"]["tag"] == versions.threat
+    assert len(after["history_ids"]) == len(after["history"]) and None not in after["history_ids"]
     (event,) = http.get(f"{MODELS}/events/audit", params={"model_type": "threat_detector", "limit": 1}).json()
     assert (event["action"], event["from_tag"], event["to_tag"]) == ("activate", versions.threat, versions.threat)
+    assert event["from_id"] == event["to_id"] == after["active"]["id"]  # the original's integer id beside each tag
     assert event["detail"] == {"no_change": True}
 
 
