@@ -58,6 +58,7 @@ def test_bento_holds_the_service_package_policy_and_models(bento: Path, model_st
     assert routes == {
         *("detect_threat", "classify_attack", "self_heal", "analyze", "analyze_csv", "model_info"),
         *("healing_actions", "healing_action", "healing_revert", "healing_enforcement", "ping"),
+        *("detect_threat_explained", "classify_attack_explained"),  # the batched APIs' twins for ?explain=N
     }
 
 
