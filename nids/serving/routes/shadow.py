@@ -55,7 +55,9 @@ def start_shadow(
     service: Service,
     caller: AdminCaller,
     model_id: str,
-    share: Annotated[float, Query(ge=0.001, le=1, description="share of live flows the shadow scores (0.001 to 1)")] = 0.1,
+    share: Annotated[
+        float, Query(ge=0.001, le=1, description="share of live flows the shadow scores (0.001 to 1)")
+    ] = 0.1,
 ) -> dict[str, Any]:
     """Start (or replace) the shadow run of the version's type; the version is verified first (422 if it fails)."""
     return _run(service.start(model_id, share, caller.label))
