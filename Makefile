@@ -29,8 +29,9 @@ serve: train-if-empty
 stream: train-if-empty  # the Kafka stream worker (docs/stream.md): NIDS_KAFKA_BOOTSTRAP_SERVERS=host:9092 make stream
 	$(BIN)/python -m nids.stream
 
-# parallel workers (pytest-xdist): some tests wait on servers and brokers, so twice the cores keeps both busy
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
+# serial by default: on parallel workers (TEST_WORKERS=4, pytest-xdist) test_doc_examples (bash 8, 13) and
+# test_replicas fail every run though each passes alone; until that interference is found, TEST_WORKERS=N is opt-in
+TEST_WORKERS ?= 0
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
