@@ -465,9 +465,12 @@ class ShadowRunner:
         return len(written)
 
     def close(self) -> None:
+        """Stop scoring and close the shadow runs' connection (a SQLite file is checkpointed and left whole)."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        if self.store is not None:
+            self.store.db.close()
 
 
 def feedback_accuracy(
