@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import AnyUrl, TypeAdapter
 
+from nids.core.errors import Unavailable
 from nids.core.settings import DatabaseUrl, sqlite_path
 
 logger = logging.getLogger("nids.database")
@@ -79,7 +80,8 @@ class Outage:
             if self.since is None:
                 self.since, self.failures = time.time(), 0
             self.failures += 1
-            self.error = cause_of(error)
+            # a service's own Unavailable already says what failed where (no driver text): kept whole
+            self.error = str(error) if isinstance(error, Unavailable) else cause_of(error)
 
     def recovered(self) -> bool:
         """Mark the store working again; True when it was failing until now."""

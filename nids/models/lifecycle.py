@@ -32,6 +32,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, Field
 
+from nids.core.database import Outage
 from nids.core.errors import Conflict, InvalidInput, NIDSError, NotFound
 from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
 from nids.core.model import ActiveModels, LoadedModel
@@ -219,6 +220,7 @@ class Lifecycle:
         self._errors: dict[str, str] = {}  # model type -> why the recorded version is not served here
         self._failed: dict[str, tuple[str, float]] = {}  # model type -> (tag that failed to load, when)
         self._sync_lock = threading.Lock()
+        self.outage = Outage()  # since when the polls, once serving, cannot read or write the state (/readyz)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -298,11 +300,26 @@ class Lifecycle:
                 self.sync()
                 self._beat()
             except Exception as exc:  # the thread must outlive a database outage; the next poll retries
+                if isinstance(exc, StateUnavailable):
+                    self.outage.failed(exc)
                 if str(exc) != failure:  # once per distinct failure, not once a second
                     logger.exception("model sync failed; serving the verified versions meanwhile")
                 failure = str(exc)
             else:
                 failure = ""
+                if self.outage.recovered():
+                    logger.info("the model lifecycle state answers again")
+
+    def degradation(self) -> str:
+        """'' while the polls read and write the state; else since when they cannot, and what answers 503 meanwhile
+        (listed under `degraded` on /readyz: the verified versions are still served, switches are not followed)."""
+        described = self.outage.describe("model lifecycle state")
+        if not described:
+            return ""
+        return (
+            f"{described}; serving the verified versions without following switches, and the model lifecycle API "
+            "(listing, upload, activation, rollback, fleet status) answers 503 until it answers"
+        )
 
     def stop(self) -> None:
         """Stop following switches and close the state store (a SQLite file is checkpointed and left whole)."""

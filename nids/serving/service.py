@@ -198,7 +198,7 @@ class NIDSService:
         # a dead worker (killed, out of memory): drained until it is back (nids.serving.workers)
         workers_missing = partial(missing_workers, settings.workers, WORKERS_RESTARTED)
         HEALTH.unready[:] = [lambda: self.healing_reason, lambda: workers_missing() or ""]
-        HEALTH.degraded[:] = [self._audit_degradation, self.observability.degradation]
+        HEALTH.degraded[:] = [self._audit_degradation, self.observability.degradation, self.lifecycle.degradation]
         feedback_routes.bind(self.observability, self.lifecycle)
         upload_routes.app.state.observability = self.observability
         # what is loaded by now lives as long as the process: keep it out of every later full collection

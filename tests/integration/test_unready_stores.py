@@ -128,6 +128,45 @@ def test_a_read_only_data_directory_makes_it_unready_until_writable(
 
 
 # --- while serving ----------------------------------------------------------------------------------------
+def test_a_lifecycle_database_lost_while_serving_is_said_and_its_api_refused_until_it_answers(
+    mounts: list[Path], serve: Callable[..., Server], model_store: Any
+) -> None:
+    """The state's PostgreSQL refuses every connection (its sessions ended, new ones not allowed): the verified
+    versions are still served, /readyz lists the outage under `degraded`, the lifecycle API answers 503 with the
+    reason; once it answers again, all of it is back without a restart."""
+    if reason := postgres_reachable():
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"nids_lost_{uuid.uuid4().hex[:10]}"
+    url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        server = serve(model_store.home, NIDS_MODEL_STATE_URL=url)
+        wait_for_status(server, 200)
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        ready = wait_for_degraded(server, "model lifecycle state unavailable since")
+        assert ready.status_code == 200  # still serving its verified versions: degraded, said, not drained
+        assert f"{url} (set by NIDS_MODEL_STATE_URL)" in degraded(ready) and "answers 503" in degraded(ready)
+        assert httpx.post(f"{server.url}/detect_threat", json=DETECT, timeout=30).status_code == 200
+        fleet = httpx.get(f"{server.url}/api/v1/models/status/fleet", timeout=30)
+        assert fleet.status_code == 503, fleet.text
+        assert "model lifecycle state unavailable" in fleet.json()["error"] and url in fleet.json()["error"]
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        deadline = time.monotonic() + RECOVERY_SECONDS
+        while "model lifecycle state" in degraded(httpx.get(f"{server.url}/readyz", timeout=10)):
+            assert time.monotonic() < deadline, "the outage was still listed once the database answered"
+            time.sleep(0.3)
+        assert httpx.get(f"{server.url}/api/v1/models/status/fleet", timeout=30).status_code == 200
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def test_a_full_disk_under_the_prediction_log_is_said_and_loses_nothing(
     mounts: list[Path], serve: Callable[..., Server], model_store: Any, tmp_path: Path
 ) -> None:
