@@ -122,6 +122,46 @@ class PredictionQuery(TimeWindow):
     include_features: bool = Field(True, description="include each flow's features")
 
 
+MAX_BUCKETS = 720
+
+
+class TimelineQuery(BaseModel):
+    """The query of GET /api/v1/predictions/timeline: the last `window_seconds`, in buckets of `bucket_seconds`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_seconds: int = Field(60, ge=1, le=86_400, description="the last N seconds, ending now")
+    bucket_seconds: int = Field(5, ge=1, le=3_600, description="the length of each bucket")
+
+    @model_validator(mode="after")
+    def _whole_buckets(self) -> TimelineQuery:
+        if self.window_seconds % self.bucket_seconds:
+            raise ValueError("window_seconds must be a multiple of bucket_seconds")
+        if self.window_seconds // self.bucket_seconds > MAX_BUCKETS:
+            raise ValueError(f"at most {MAX_BUCKETS} buckets: raise bucket_seconds or lower window_seconds")
+        return self
+
+
+class TimelineBucket(BaseModel):
+    start: datetime = Field(description="the bucket covers [start, start + bucket_seconds)")
+    predictions: int
+    attacks: int
+
+
+class AttackTimeline(BaseModel):
+    """Predictions and attacks per bucket over the last seconds, from the prediction log (every worker and replica
+    sharing it): what the dashboard's "attack rate (last 60 s)" and its sparkline show from the first second."""
+
+    window_seconds: int
+    bucket_seconds: int
+    since: datetime
+    until: datetime = Field(description="the server's time of the answer: the last bucket ends here")
+    predictions: int = Field(description="logged in the window")
+    attacks: int
+    attack_rate: float | None = Field(description="percent of the window's predictions that are attacks (null: none)")
+    buckets: list[TimelineBucket] = Field(description="oldest first, every bucket of the window (empty ones at 0)")
+
+
 class FeatureDrift(BaseModel):
     feature: str
     psi: float

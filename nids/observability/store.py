@@ -18,12 +18,15 @@ from nids.core.database import Database, Statement, check_prefix, unavailable_re
 from nids.core.errors import Unavailable
 from nids.observability.records import COLUMNS
 from nids.observability.schemas import (
+    AttackTimeline,
     LoggedAction,
     LoggedAttack,
     LoggedPrediction,
     LoggedThreat,
     PredictionQuery,
     PredictionStats,
+    TimelineBucket,
+    TimelineQuery,
     TimeWindow,
 )
 
@@ -276,6 +279,37 @@ class PredictionStore:
             recent_predictions=[_entry(row, False) for row in self._select(where, params, RECENT)],
             since=datetime.fromtimestamp(params["since"], UTC) if "since" in params else None,
             until=window.until,
+        )
+
+    def timeline(self, query: TimelineQuery, now: float) -> AttackTimeline:
+        """Predictions and attacks per bucket of the last `window_seconds` before `now` (one grouped query on the
+        created_at index); the buckets end at `now`, so the totals are exactly those of the window."""
+        since, size = now - query.window_seconds, query.bucket_seconds
+        count = query.window_seconds // size
+        offset = "(created_at - :since) / :size"  # >= 0 in the window: truncation is the floor
+        index = f"CAST({offset} AS INTEGER)" if self.db.dialect == "sqlite" else f"CAST(FLOOR({offset}) AS BIGINT)"
+        sql = (
+            f"SELECT {index}, COUNT(*), COALESCE(SUM(is_attack), 0) FROM {self.predictions} "
+            "WHERE created_at >= :since AND created_at < :until GROUP BY 1"
+        )
+        counts = [[0, 0] for _ in range(count)]
+        for i, n, attacks in self._run([(sql, {"since": since, "until": now, "size": size})]):
+            bucket = counts[min(int(i), count - 1)]  # rounding at the window's end stays in the last bucket
+            bucket[0] += int(n)
+            bucket[1] += int(attacks)
+        total, attacks = sum(n for n, _ in counts), sum(a for _, a in counts)
+        return AttackTimeline(
+            window_seconds=query.window_seconds,
+            bucket_seconds=size,
+            since=datetime.fromtimestamp(since, UTC),
+            until=datetime.fromtimestamp(now, UTC),
+            predictions=total,
+            attacks=attacks,
+            attack_rate=round(100.0 * attacks / total, 4) if total else None,
+            buckets=[
+                TimelineBucket(start=datetime.fromtimestamp(since + i * size, UTC), predictions=n, attacks=a)
+                for i, (n, a) in enumerate(counts)
+            ],
         )
 
     def get(self, prediction_id: int) -> LoggedPrediction | None:

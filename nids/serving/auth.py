@@ -149,6 +149,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/dashboard"): PUBLIC,  # the page only: its data comes from the viewer routes below
     ("GET", "/api/v1/predictions"): VIEWER,
     ("GET", "/api/v1/predictions/stats"): VIEWER,
+    ("GET", "/api/v1/predictions/timeline"): VIEWER,
     ("GET", "/api/v1/predictions/{prediction_id}"): VIEWER,
     # the analyst's loop (nids.serving.routes.feedback): a verdict needs a token of its giver (viewer or above)
     ("POST", "/api/v1/predictions/{prediction_id}/feedback"): VIEWER,

@@ -1,6 +1,7 @@
 """The dashboard in a real browser: Debian's headless chromium, driven by Playwright, against a live server.
 
-It loads /dashboard, waits for the live stream, sends real requests and sees their predictions appear, then saves
+It loads /dashboard, waits for the live stream, sends real requests and sees their predictions appear (and a page
+opened afterwards shows them in its attack rate of the last 60 s, from the server), then saves
 a screenshot (the one in docs/dashboard.png comes from this test: NIDS_DASHBOARD_SCREENSHOT=docs/dashboard.png).
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +77,18 @@ def test_dashboard_shows_a_prediction_live(server: Server, tmp_path: Path) -> No
             expect(page.locator("#actions tr").first).to_contain_text("198.51.100.")
             expect(page.locator("#total")).to_have_text("305")
             expect(page.locator("#types")).to_contain_text("SSH-Patator")
+            # a page opened after the predictions: the last 60 s come from the server, not from its own stream
+            later = browser.new_page()
+            later.on("pageerror", lambda error: errors.append(str(error)))
+            later.goto(server.url + "/dashboard")
+            window = httpx.get(server.url + "/api/v1/predictions/timeline").json()
+            assert window["predictions"] == 305 and window["attacks"] > 0, window
+            expect(later.locator("#live-counts")).to_have_text(
+                f"{window['attacks']} attacks of 305 predictions", timeout=15_000
+            )
+            expect(later.locator("#live-rate")).to_have_text(re.compile(r"^(?!0\.0%)\d+\.\d%$"))
+            expect(later.locator("#spark polyline")).to_have_attribute("points", re.compile(r",(?!85 |85$)\d"))
+            later.close()
             page.wait_for_timeout(300)  # past the server's drift refresh (0.2 s here)
             page.evaluate("loadDrift()")  # the page itself reloads drift every 15 s
             expect(page.locator("#drift")).to_contain_text("threat (300 recent rows)")

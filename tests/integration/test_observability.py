@@ -121,6 +121,38 @@ def test_stats_count_every_worker(http: httpx.Client) -> None:
     assert len(workers) >= 30  # one batch per request
 
 
+def test_attack_timeline_counts_what_every_worker_logged(http: httpx.Client) -> None:
+    """The dashboard's last 60 s, from the shared log: the same totals as the statistics of the same window."""
+    marker = "198.51.100.77"
+    for _ in range(10):  # new connections: both workers
+        flows = [{**ATTACK_FLOW, "src_ip": marker}, {**THREAT_MESSAGE, "src_ip": marker}]
+        assert post_fresh(http, "/analyze", {"flows": flows}).status_code == 200
+    wait_for(lambda: len(http.get("/api/v1/predictions", params={"src_ip": marker}).json()) == 20)
+    timeline = http.get("/api/v1/predictions/timeline", params={"window_seconds": 3600, "bucket_seconds": 60}).json()
+    stats = http.get("/api/v1/predictions/stats", params={"window_seconds": 3600}).json()
+    assert (timeline["predictions"], timeline["attacks"]) == (stats["total_predictions"], stats["total_attacks"])
+    assert timeline["attacks"] >= 10 and len(timeline["buckets"]) == 60
+    assert sum(b["predictions"] for b in timeline["buckets"]) == timeline["predictions"]
+    assert timeline["attack_rate"] == pytest.approx(100 * timeline["attacks"] / timeline["predictions"], abs=1e-3)
+    default = http.get("/api/v1/predictions/timeline").json()
+    assert (default["window_seconds"], default["bucket_seconds"], len(default["buckets"])) == (60, 5, 12)
+
+
+@pytest.mark.parametrize(
+    ("params", "rule"),
+    [
+        ({"window_seconds": 61}, "multiple of bucket_seconds"),
+        ({"window_seconds": 86_400, "bucket_seconds": 1}, "at most 720 buckets"),
+        ({"bucket_seconds": 0}, "bucket_seconds"),
+        ({"window": 60}, "window"),
+    ],
+)
+def test_bad_timeline_queries_are_a_400_saying_why(http: httpx.Client, params: dict[str, Any], rule: str) -> None:
+    response = http.get("/api/v1/predictions/timeline", params=params)
+    assert response.status_code == 400, response.text
+    assert rule in response.text
+
+
 def test_stats_time_window_and_list_filters(http: httpx.Client) -> None:
     future = http.get("/api/v1/predictions/stats", params={"since": "2999-01-01T00:00:00Z"}).json()
     assert (future["total_predictions"], future["attack_rate"], future["recent_predictions"]) == (0, 0.0, [])

@@ -21,7 +21,7 @@ from nids.core.model import ActiveModels
 from nids.models.artifacts import load_model
 from nids.observability.drift import DriftMonitor
 from nids.observability.log import PredictionLog
-from nids.observability.schemas import PredictionQuery, TimeWindow
+from nids.observability.schemas import PredictionQuery, TimelineQuery, TimeWindow
 from nids.observability.store import SCHEMA_VERSION, PredictionStore
 from nids.observability.stream import EventFilter, Hub
 from training.data import NSL_KDD_TEST, NSL_KDD_TRAIN
@@ -68,6 +68,27 @@ def test_retention_by_rows_and_by_age(store: PredictionStore, models: ActiveMode
     assert store.enforce_retention(max_rows=120, oldest=0) == 80
     remaining = store.list(PredictionQuery(limit=1000, include_features=False), time.time())
     assert [r.traffic_data_id for r in remaining] == list(range(250, 130, -1))
+
+
+def test_attack_timeline_counts_each_bucket_of_the_window(
+    store: PredictionStore, models: ActiveModels, flows: Any
+) -> None:
+    """Batches logged at known times land in their bucket; rows before the window or after `now` do not count."""
+    now = 1_800_000_000.0
+    placed = {0: flows[:20], 3: flows[20:70], 11: flows[70:100]}  # bucket index -> its flows
+    for index, chunk in placed.items():
+        store.insert(batch(models, chunk, created_at=now - 60 + 5 * index + 2.5).rows())
+    store.insert(batch(models, flows[100:110], created_at=now - 61).rows())  # before the window
+    store.insert(batch(models, flows[110:120], created_at=now + 1).rows())  # logged after the answer's time
+    timeline = store.timeline(TimelineQuery(), now)
+    attacks = {i: sum(p.is_attack for p in pipeline.detect_threats(models, chunk)) for i, chunk in placed.items()}
+    expected = [(len(placed.get(i, [])), attacks.get(i, 0)) for i in range(12)]
+    assert [(b.predictions, b.attacks) for b in timeline.buckets] == expected
+    assert (timeline.predictions, timeline.attacks) == (100, sum(attacks.values()))
+    assert timeline.attack_rate == round(100 * sum(attacks.values()) / 100, 4)
+    assert [b.start.timestamp() for b in timeline.buckets] == [now - 60 + 5 * i for i in range(12)]
+    quiet = store.timeline(TimelineQuery(window_seconds=10, bucket_seconds=1), now + 3600)
+    assert (quiet.predictions, quiet.attack_rate, len(quiet.buckets)) == (0, None, 10)
 
 
 def test_a_store_that_is_down_costs_no_latency_and_is_counted(tmp_path: Path, models: ActiveModels, flows: Any) -> None:

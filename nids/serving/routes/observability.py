@@ -1,7 +1,8 @@
 """Observability routes (docs/api.md, "Observability"): statistics, the prediction list, drift, the live stream
 and the dashboard. Three small FastAPI apps, each mounted on the Bento under its own path:
 
-- `api` at /api/v1: GET /api/v1/predictions, GET /api/v1/predictions/stats, GET /api/v1/drift, and
+- `api` at /api/v1: GET /api/v1/predictions, GET /api/v1/predictions/stats, GET /api/v1/predictions/timeline,
+  GET /api/v1/drift, and
   GET /api/v1/realtime/ticket (a single-use ticket for the live stream, nids.serving.tickets)
 - `realtime` at /ws: the WebSocket /ws/realtime (its caller, ticket and Origin checked by
   nids.serving.middleware.AccessGuard; at most NIDS_REALTIME_MAX_CLIENTS per worker, past it 503)
@@ -27,7 +28,15 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 
 from nids.core.errors import InvalidInput, NIDSError, NotFound, Unavailable
-from nids.observability.schemas import DriftReport, LoggedPrediction, PredictionQuery, PredictionStats, TimeWindow
+from nids.observability.schemas import (
+    AttackTimeline,
+    DriftReport,
+    LoggedPrediction,
+    PredictionQuery,
+    PredictionStats,
+    TimelineQuery,
+    TimeWindow,
+)
 from nids.observability.stream import EventFilter, Subscriber
 from nids.serving import tickets
 from nids.serving.auth import Caller, Unauthenticated, access_policy
@@ -89,6 +98,14 @@ def prediction_stats(window: Annotated[TimeWindow, Query()]) -> PredictionStats:
     stats = observability.require(observability.reader).stats(window, now)
     feedback = observability.require(observability.feedback).stats(window, now)
     return stats.model_copy(update={"log": observability.health(), "feedback": feedback})
+
+
+@api.get("/predictions/timeline")
+def prediction_timeline(query: Annotated[TimelineQuery, Query()]) -> AttackTimeline:
+    """Predictions and attacks per bucket over the last seconds (default: 60 s in 5 s buckets), from the log every
+    worker and replica shares: the dashboard's attack rate of the last 60 s, right from the page's opening."""
+    observability = _observability()
+    return observability.require(observability.reader).timeline(query, time.time())
 
 
 @api.get("/predictions/{prediction_id}")
