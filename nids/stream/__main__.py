@@ -1,10 +1,12 @@
 """`python -m nids.stream` runs the worker; `python -m nids.stream produce FILE.csv|FILE.json` publishes records.
 
 The worker serves the model versions the lifecycle records as active (as the service does, following
-activations and rollbacks; the configured tags at first start), verified (exit 2 when none can be served: a
-worker without models would only pile up lag), opens the self-healing engine, serves metrics on
-NIDS_STREAM_METRICS_PORT, and runs until SIGTERM or SIGINT, which settle and commit everything read before it
-exits 0.
+activations and rollbacks; the configured tags at first start), verified, opens the self-healing engine, serves
+metrics, `/readyz` and `/livez` on NIDS_STREAM_METRICS_PORT, and runs until SIGTERM or SIGINT, which settle and
+commit everything read before it exits 0. Until it has verified models and the audit log (a lifecycle or audit
+database unreachable or unreadable, a version that fails its checks) it consumes nothing, answers `/readyz` 503
+with the reason, logs each new reason and retries (NIDS_STREAM_RETRY_SECONDS doubling up to
+NIDS_STREAM_MAX_RETRY_SECONDS): never a crash loop.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +26,7 @@ from nids.core.settings import Settings
 
 if TYPE_CHECKING:
     from nids.core.settings import Settings
+    from nids.healing.engine import HealingEngine
     from nids.observability.log import PredictionLog
     from nids.observability.records import PredictionBatch
 
@@ -55,23 +59,27 @@ async def _produce(settings: Settings, path: Path, limit: int | None, topic: str
 
 
 async def _run(settings: Settings) -> int:
-    import prometheus_client
+    from functools import partial
 
     from nids.core.features import ATTACK_MODEL_NAME, THREAT_MODEL_NAME
     from nids.core.settings import get_settings
-    from nids.healing.engine import HealingEngine
     from nids.models.artifacts import load_model
     from nids.models.lifecycle import Lifecycle
     from nids.models.registry import REGISTRY
     from nids.models.state import open_lifecycle_store
+    from nids.stream import health
     from nids.stream.worker import StreamWorker, tune_collector
 
     service_settings = get_settings()
     # the versions recorded as active (shared with the service's replicas), followed as they switch
-    # (fetching the versions its own store lacks from the shared packages, and listed in the fleet status)
+    # (fetching the versions its own store lacks from the shared packages, and listed in the fleet status);
+    # while the state cannot be opened or read, the poll thread retries every NIDS_MODEL_SYNC_SECONDS
     lifecycle = Lifecycle(
-        open_lifecycle_store(
-            service_settings.state_url, service_settings.model_state_table_prefix, service_settings.state_setting
+        partial(
+            open_lifecycle_store,
+            service_settings.state_url,
+            service_settings.model_state_table_prefix,
+            service_settings.state_setting,
         ),
         REGISTRY,
         load_model,
@@ -81,21 +89,32 @@ async def _run(settings: Settings) -> int:
         member=(f"stream:{service_settings.replica_id or socket.gethostname()}:{os.getpid()}", 0),
         sync_seconds=service_settings.model_sync_seconds,
     )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    audit = _Audit(service_settings)
+    port = (
+        health.serve(
+            settings.stream_metrics_port, [REGISTRY.unready_reason, lambda: audit.reason], [lifecycle.degradation]
+        )
+        if settings.stream_metrics_port
+        else None
+    )
     lifecycle.bootstrap(
         {THREAT_MODEL_NAME: service_settings.threat_model_tag, ATTACK_MODEL_NAME: service_settings.attack_model_tag}
     )
-    if not REGISTRY.ready:
-        logger.error("no models to score with: %s", REGISTRY.reason)
-        return 2
     lifecycle.start(service_settings.model_sync_seconds)
-    engine = HealingEngine.from_settings(service_settings)
-    log = open_prediction_log(service_settings)
-    tune_collector()
+    log = None
     try:
-        if settings.stream_metrics_port:
-            prometheus_client.start_http_server(settings.stream_metrics_port)
-        worker = StreamWorker(settings, REGISTRY, engine, sink=log)
-        loop = asyncio.get_running_loop()
+        # unready (on /readyz and in the log) until the models are served and the audit log opens: never a crash loop
+        checks = [lambda: "" if REGISTRY.ready else REGISTRY.unready_reason(), audit.open]
+        if not await _until_ready(checks, stopping, settings.stream_retry_seconds, settings.stream_max_retry_seconds):
+            return 0  # stopped before it could start
+        assert audit.engine is not None  # opened by the checks
+        log = open_prediction_log(service_settings)
+        tune_collector()
+        worker = StreamWorker(settings, REGISTRY, audit.engine, sink=log)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, worker.stop)
         logger.info(
@@ -108,10 +127,56 @@ async def _run(settings: Settings) -> int:
         await worker.run()
     finally:
         lifecycle.stop()
-        engine.close()
+        if audit.engine is not None:
+            audit.engine.close()
         if log is not None:
             log.close()  # writes what is queued
+        if port is not None:
+            port.shutdown()
     return 0
+
+
+class _Audit:
+    """The self-healing engine, opened by `open` once its audit log can be (why not, meanwhile, in `reason`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: HealingEngine | None = None
+        self.reason = "the self-healing audit log is not open yet"
+
+    def open(self) -> str:
+        from nids.core.database import cause_of, open_errors, redacted
+        from nids.core.errors import Unavailable
+        from nids.healing.engine import HealingEngine
+
+        if self.engine is None:
+            try:
+                self.engine = HealingEngine.from_settings(self.settings)
+            except (*open_errors(), Unavailable) as error:
+                cause = error if isinstance(error, Unavailable) else cause_of(error)
+                where = redacted(self.settings.audit_url)
+                self.reason = f"the self-healing audit log cannot be opened at {where}: {cause}"
+            else:
+                self.reason = ""
+        return self.reason
+
+
+async def _until_ready(checks: list[Callable[[], str]], stopping: asyncio.Event, first: float, most: float) -> bool:
+    """Wait until every check says '' (each new reason logged), retrying after `first` seconds, doubling up to
+    `most`; False when stopped (SIGTERM, SIGINT) meanwhile."""
+    delay, said = first, ""
+    while reason := "; ".join(r for r in (check() for check in checks) if r):
+        if reason != said:
+            logger.error("not scoring until this is fixed (retrying, at most every %g s): %s", most, reason)
+            said = reason
+        try:
+            await asyncio.wait_for(stopping.wait(), delay)
+            return False
+        except TimeoutError:
+            delay = min(delay * 2, most)
+    if said:
+        logger.info("ready: scoring")
+    return True
 
 
 class _Unlogged:

@@ -8,6 +8,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +178,65 @@ def test_worker_follows_a_model_activation_between_batches(stream: Stream, model
         e for e in stream.answers({source}).results if (e["source"]["partition"], e["source"]["offset"]) == source
     ]
     assert event["threat_prediction"]["model_version"] == new_tag
+
+
+def test_worker_waits_unready_while_the_lifecycle_state_is_unreachable_then_scores(stream: Stream) -> None:
+    """A lifecycle database that does not exist yet: the worker stays up, consumes nothing, answers /readyz 503
+    naming the database and the setting (and logs it once), and scores once the database is created."""
+    from tests.healing.conftest import PG_URL, postgres_reachable
+
+    if reason := postgres_reachable():
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"nids_stream_{uuid.uuid4().hex[:10]}"
+    url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    worker = stream.worker(NIDS_MODEL_STATE_URL=url)
+    try:
+        body = wait_for_readiness(worker, 503, f"model lifecycle state cannot be opened at {url}")
+        assert f"{url} (set by NIDS_MODEL_STATE_URL)" in body["error"]
+        assert "the database does not exist on the server" in body["error"]
+        sources = stream.produce_records(threat_records(20))
+        assert worker.process.poll() is None and stream.committed() == {}  # nothing consumed without models
+        assert worker.tail().count("not scoring until this is fixed") == 1  # said once, not once a retry
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        assert wait_for_readiness(worker, 200) == {"status": "ready"}
+        answers = stream.answers(set(sources))
+        assert set(answers.result_sources()) == set(sources)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0
+    finally:
+        worker.close()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_worker_stopped_while_waiting_for_its_models_exits_cleanly(stream: Stream, tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    data.mkdir()
+    (data / "model-lifecycle.sqlite3").mkdir()  # a directory where the state's file should be: it cannot open
+    worker = stream.worker(NIDS_DATA_DIR=str(data))
+    wait_for_readiness(
+        worker, 503, f"model lifecycle state cannot be opened at sqlite:///{data}/model-lifecycle.sqlite3"
+    )
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+
+
+def wait_for_readiness(worker: Any, status: int, text: str = "", seconds: float = 60) -> dict[str, Any]:
+    """Poll the worker's /readyz until it answers `status` with `text` in its body (the worker must stay up)."""
+    deadline = time.monotonic() + seconds
+    answer: tuple[int, dict[str, Any]] | None = None
+    while answer is None or answer[0] != status or text not in json.dumps(answer[1]):
+        assert worker.process.poll() is None, f"worker exited with {worker.process.returncode}: {worker.tail()}"
+        assert time.monotonic() < deadline, f"/readyz not {status} {text!r} within {seconds} s: {answer}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/readyz", timeout=5) as response:
+                answer = (response.status, json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            answer = (error.code, json.loads(error.read()))
+        except OSError:
+            answer = None  # the port is not up yet
+        time.sleep(0.2)
+    return answer[1]
