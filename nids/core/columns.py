@@ -17,6 +17,7 @@ in-process callers.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -214,10 +215,13 @@ def validate_flows(kind: FlowKind, value: object, *prefix: str | int) -> FlowBat
     """A request's flows of `kind` as a batch; InvalidInput / RequestTooLarge exactly as the flow models refuse."""
     check_batched_row_count(value)
     batch = _columns(kind, value)
-    if batch is not None:
-        return batch
+    return reference_batch(kind, value, *prefix) if batch is None else batch
+
+
+def reference_batch(kind: FlowKind, rows: object, *prefix: str | int) -> FlowBatch:
+    """The rows validated by the pydantic flow models (the reference): their refusal, or their values."""
     try:
-        flows = _REFERENCE[kind].validate_python(value)
+        flows = _REFERENCE[kind].validate_python(rows)
     except ValidationError as error:
         raise invalid_fields(error, *prefix) from None
     return FlowBatch.of(kind, flows)
@@ -246,7 +250,7 @@ def _columns(kind: FlowKind, value: object) -> FlowBatch | None:
     if order is not None and categories:  # categorical features have one naming: never reached
         return None
     types = set(map(type, chain.from_iterable(table)))
-    if not types <= _NUMBER_TYPES or not all(map(_plain_categories, categories.values())):
+    if not types <= _NUMBER_TYPES:
         return None
     try:
         read = np.fromiter(chain.from_iterable(table), np.float64, n * len(numeric)).reshape(n, len(numeric))
@@ -257,11 +261,22 @@ def _columns(kind: FlowKind, value: object) -> FlowBatch | None:
         return None
     if int in types and (np.abs(values) >= _EXACT_INT).any():
         return None
+    context = _context(rows, n, len(canonical))
+    return None if context is None else checked_batch(kind, values, categories, context)
+
+
+def checked_batch(
+    kind: FlowKind, values: np.ndarray, categories: dict[str, list[Any]], context: dict[str, list[Any]]
+) -> FlowBatch | None:
+    """A batch of columns already read (feature values as float64 in canonical order, categorical columns 0;
+    every context column, None where not sent), or None whenever the reference must look at the rows."""
+    if not all(map(_plain_categories, categories.values())):
+        return None
     checked = _RULES[kind].apply(values)
     if checked is None:
         return None
-    context = _context(rows, n, len(canonical))
-    return None if context is None else FlowBatch(kind, checked, categories, context)
+    canonical = checked_context(context)
+    return None if canonical is None else FlowBatch(kind, checked, categories, canonical)
 
 
 Namings = list[tuple[tuple[str, ...], list[int]]]
@@ -320,11 +335,18 @@ def _plain_categories(column: list[Any]) -> bool:
 _CATEGORY_TYPES = frozenset({str, int})
 
 
-def _context(rows: list[dict[str, Any]], n: int, features: int) -> dict[str, list[Any]] | None:
-    """The context columns (None where not sent), None when one of them needs the reference."""
+def _context(rows: list[dict[str, Any]], n: int, features: int) -> dict[str, list[Any]]:
+    """The context columns of the rows, None where not sent."""
     if sum(map(len, rows)) == n * features:  # no row carries context
         return {name: [None] * n for name in CONTEXT_FIELDS}
-    context = {name: [row.get(name) for row in rows] for name in CONTEXT_FIELDS}
+    return {name: [row.get(name) for row in rows] for name in CONTEXT_FIELDS}
+
+
+def checked_context(context: dict[str, list[Any]]) -> dict[str, list[Any]] | None:
+    """The context columns as the flow models keep them (addresses canonical, timestamps as text), None when one
+    of them needs the reference."""
+    if all(column.count(None) == len(column) for column in context.values()):  # none sent
+        return context
     if not set(map(type, context["flow_id"])) <= _TEXT_OR_NONE:
         return None
     timestamps = context["timestamp"]
@@ -492,9 +514,18 @@ class AttackScores(_Scores[AttackPrediction]):
 
 
 # --- the request and response types of the batched APIs ---------------------------------------------------
+class Columnar(ABC):
+    """A request body that arrived as columns (an Arrow or Parquet table, nids.core.tables), not as JSON rows."""
+
+    @abstractmethod
+    def batch(self, kind: FlowKind, *prefix: str | int) -> FlowBatch:
+        """The flows of `kind` validated as a batch; InvalidInput / RequestTooLarge naming column and rule."""
+
+
 class Columns:
     """Pydantic metadata: a value of `kind`'s flows validated as a FlowBatch, documented as the flow list.
 
+    A `Columnar` body (Arrow, Parquet) is validated by its own column checks into the same FlowBatch.
     `check`, when given, runs on each request's batch after validation (the service checks category codes against
     the serving model there, before adaptive batching merges requests)."""
 
@@ -507,7 +538,10 @@ class Columns:
             if isinstance(value, FlowBatch):
                 return value
             prefix = (info.field_name,) if info.field_name else ()
-            batch = validate_flows(self.kind, value, *prefix)
+            if isinstance(value, Columnar):
+                batch = value.batch(self.kind, *prefix)
+            else:
+                batch = validate_flows(self.kind, value, *prefix)
             if self.check is not None:
                 self.check(batch)
             return batch

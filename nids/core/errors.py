@@ -58,6 +58,12 @@ class RequestTooLarge(NIDSError):
     status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class UnsupportedMediaType(NIDSError):
+    """A body in a media type the API does not read (e.g. an Arrow table sent to an API of JSON objects)."""
+
+    status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
 class Unavailable(NIDSError):
     """A dependency the request needs is down (no verified models, the audit store unreachable)."""
 

@@ -158,9 +158,14 @@ def _parse_text(text: str) -> float:
 
 
 def _check_rows(rows: object, limit: int, setting: str, hint: str = "") -> object:
-    if isinstance(rows, list | tuple) and len(rows) > limit:
-        raise RequestTooLarge(f"{len(rows)} rows in one request; the limit is {limit} ({setting}){hint}")
+    if isinstance(rows, list | tuple):
+        _check_count(len(rows), limit, setting, hint)
     return rows
+
+
+def _check_count(count: int, limit: int, setting: str, hint: str = "") -> None:
+    if count > limit:
+        raise RequestTooLarge(f"{count} rows in one request; the limit is {limit} ({setting}){hint}")
 
 
 def check_row_count(rows: object) -> object:
@@ -168,10 +173,18 @@ def check_row_count(rows: object) -> object:
     return _check_rows(rows, get_settings().max_rows_per_request, "NIDS_MAX_ROWS_PER_REQUEST")
 
 
+_BATCHED_HINT = "; split the request, or send bulk scoring to /analyze or /analyze_csv"
+
+
 def check_batched_row_count(rows: object) -> object:
     """The batched APIs answer within the latency budget only up to settings.max_rows_per_batched_request."""
-    hint = "; split the request, or send bulk scoring to /analyze or /analyze_csv"
-    return _check_rows(rows, get_settings().max_rows_per_batched_request, "NIDS_MAX_ROWS_PER_BATCHED_REQUEST", hint)
+    limit = get_settings().max_rows_per_batched_request
+    return _check_rows(rows, limit, "NIDS_MAX_ROWS_PER_BATCHED_REQUEST", _BATCHED_HINT)
+
+
+def check_batched_rows(count: int) -> None:
+    """check_batched_row_count for a body whose rows are counted, not listed (a columnar body)."""
+    _check_count(count, get_settings().max_rows_per_batched_request, "NIDS_MAX_ROWS_PER_BATCHED_REQUEST", _BATCHED_HINT)
 
 
 def invalid_fields(error: ValidationError, *prefix: str) -> InvalidInput:

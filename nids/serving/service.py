@@ -51,7 +51,7 @@ from nids.models.registry import REGISTRY
 from nids.models.shadow import Offered, ShadowRunner, Shadows, ShadowStore
 from nids.models.state import open_lifecycle_store
 from nids.observability.records import PredictionBatch, Source
-from nids.serving import balance, batching, bentoml_fixes, errors, parsing
+from nids.serving import balance, batching, bentoml_fixes, columnar, errors, parsing
 from nids.serving.auth import Caller, access_policy, caller_of
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import HEALTH, AccessGuard, RequestGuard
@@ -71,6 +71,7 @@ WORKERS_RESTARTED = bentoml_fixes.restart_dead_workers()
 errors.install()
 parsing.install()  # JSON without duplicate keys; a file field only as an upload, never fetched (issue 12)
 batching.install()  # the batched APIs' column batches merge and split (nids.serving.batching)
+columnar.install()  # Arrow IPC and Parquet bodies for the batched APIs (nids.serving.columnar)
 
 # Declaring the media type of list outputs spares BentoML 1.4.39 from generating their whole JSON schema on every
 # response just to learn it is JSON (~1.5 ms of CPU per response, 40% of a single-flow request).
