@@ -28,6 +28,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -59,6 +60,14 @@ KDD_TEST = DATA_DIR / "nsl-kdd" / "KDDTest+.csv.gz"
 CIC_SAMPLES = {
     "original": DATA_DIR / "cic-ids2017" / "cic-ids2017-dev-sample.csv.gz",
     "corrected": DATA_DIR / "cic-ids2017-improved" / "cic-ids2017-improved-dev.csv.gz",
+}
+# The held-out files the metric check reads, as data/*/SOURCE.md records them (sha256). The Bento ships them
+# (bentofile.yaml `include`), so an upload inside the container is checked like one from a checkout; a copy whose
+# bytes differ is refused, never scored on: a model's metric is only comparable on the same rows.
+HELD_OUT_SHA256 = {
+    KDD_TEST: "6da05cbe6c49511a2b4c73fcf51f1202197316ceacc8d557e704d27dc672a6f0",
+    CIC_SAMPLES["original"]: "6ac44d16bdee0fa80a2fc1db8ab2a3dd68088e352b8997394254a802f7e7ba4e",
+    CIC_SAMPLES["corrected"]: "b004126ab099c0bdbbc074abe2ada2695d6b4d7647e5b198b90237eca4fc3f5c",
 }
 REFERENCE_FLOWS = 40  # reference flows per model: the test prediction and the stored reference cases
 REFERENCE_TOLERANCE = 1e-6
@@ -289,13 +298,29 @@ def load_zip_package(path: Path, signature: str | None, key: bytes | None, max_b
 
 # --- committed data: reference flows and held-out rows -------------------------------------------------------------
 def _rows(path: Path) -> Iterator[dict[str, str]]:
-    if not path.is_file():
-        raise ModelLoadError(
-            f"the held-out data {path} is not here: import bundles where the repository's data/ is (a checkout; "
-            "python -m nids.models.cli import-bundle), see docs/compat.md"
-        )
+    held_out_sha256(path)
     with gzip.open(path, "rt", newline="", encoding="utf-8", errors="replace") as handle:
         yield from csv.DictReader(handle)
+
+
+@cache
+def held_out_sha256(path: Path) -> str:
+    """The sha256 of a held-out file, checked against the one recorded (ModelLoadError naming the file when it is
+    missing or differs)."""
+    relative = path.relative_to(DATA_DIR.parent)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"the held-out data {relative} is not at {path}: the Bento ships it (bentofile.yaml include); "
+            "a checkout has it under data/ (docs/compat.md)"
+        )
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if digest != HELD_OUT_SHA256[path]:
+        raise ModelLoadError(
+            f"the held-out data {relative} has sha256 {digest}, not the recorded {HELD_OUT_SHA256[path]}: "
+            "restore the committed file"
+        )
+    return digest
 
 
 def threat_rows() -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -429,6 +454,7 @@ def import_bundle_object(
             "predicted": {classes[c]: int(n) for c, n in zip(*np.unique(predicted, return_counts=True), strict=True)},
         },
         "held_out_metrics": metrics,
+        "held_out_files": _data_files(model_type),  # which rows, byte for byte (sha256)
         "signature": "passed: HMAC-SHA256 of the file's bytes",
     }
     metadata: dict[str, Any] = {
@@ -436,7 +462,7 @@ def import_bundle_object(
         "class_names": list(classes),
         "encoders": bundle.encoders,
         "metrics": metrics,
-        "input_files": {"bundle": source, **_data_files(model_type)},
+        "input_files": {"bundle": source, **results["held_out_files"]},
         "training_params": {"imported": True, "profile_config": profile},
         "source": "imported bundle (the original system's format)",
         "original_version": str(profile.get("version") or datetime.now(UTC).strftime("%Y%m%d_%H%M%S")),
@@ -460,7 +486,9 @@ def import_bundle_object(
 
 def _data_files(model_type: str) -> dict[str, Any]:
     paths = [KDD_TEST] if model_type == THREAT_MODEL_NAME else list(CIC_SAMPLES.values())
-    return {path.name: {"path": str(path.relative_to(DATA_DIR.parent))} for path in paths}
+    return {
+        path.name: {"path": str(path.relative_to(DATA_DIR.parent)), "sha256": held_out_sha256(path)} for path in paths
+    }
 
 
 def import_file(

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,8 @@ import pytest
 from benchmarks.replicas import SENSOR_TOKEN, Container, docker
 from nids.core.features import ATTACK_CLASSES
 from nids.core.settings import SERVER_MEMORY_MIB, WORKER_MEMORY_MIB
+from nids.models.bundles import HELD_OUT_SHA256, KDD_TEST
+from tests.models.test_bundles import sign, threat_bundle, write_bundle
 
 from .conftest import FIXTURES, Image, report, volume_files
 
@@ -188,3 +191,27 @@ def test_a_memory_limit_that_cannot_hold_two_workers_starts_one(
         assert analyzed.status_code == 200, analyzed.text[:500]
         assert http.get("/readyz").status_code == 200
     report(capsys, f"--memory {limit}m on {cores} cores: 1 worker, ready, a 10,000-flow /analyze answered")
+
+
+def test_a_signed_bundle_uploaded_inside_the_container_is_checked_on_the_shipped_held_out_rows(
+    run_container: Callable[..., Container], tmp_path: Path
+) -> None:
+    """The original's upload form with a signed `.joblib` bundle: the metric check reads the held-out rows the
+    Bento ships (not a checkout's data/), so the upload answers 201 with the metrics and the files' sha256."""
+    key = "container-test-signing-key"
+    container = run_container(NIDS_ADMIN_TOKEN=ADMIN_TOKEN, NIDS_MODEL_SIGNING_KEY=key)
+    bundle = write_bundle(tmp_path, threat_bundle())
+    form = {"model_type": "threat_detector", "description": "signed bundle", "signature": sign(bundle, key.encode())}
+    with container.client() as http:
+        uploaded = http.post(
+            "/api/v1/models/upload",
+            data=form,
+            files={"file": (bundle.name, bundle.read_bytes())},
+            headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=300,
+        )
+    assert uploaded.status_code == 201, uploaded.text
+    results = uploaded.json()["validation_results"]
+    assert results["held_out_metrics"]["kddtest"]["rows"] == 22_544
+    assert results["held_out_files"]["KDDTest+.csv.gz"]["sha256"] == HELD_OUT_SHA256[KDD_TEST]
+    assert uploaded.json()["is_active"] is False

@@ -14,6 +14,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from nids.models.bundles import HELD_OUT_SHA256
+
 from .conftest import BENTOML, REPO, copy_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,8 +54,13 @@ def test_bento_holds_the_service_package_policy_and_models(bento: Path, model_st
         "config/healing.yaml",
     ):
         assert (bento / "src" / path).is_file(), path
-    for absent in ("tests", "training", "benchmarks", "loadtest", "data"):  # the Bento serves; it does not train
+    for absent in ("tests", "training", "benchmarks", "loadtest"):  # the Bento serves; it does not train
         assert not (bento / "src" / absent).exists(), absent
+    # of data/, only the held-out rows an imported bundle is checked on, byte for byte (and their provenance)
+    shipped = {str(path.relative_to(bento / "src")) for path in (bento / "src" / "data").rglob("*.gz")}
+    assert shipped == {str(path.relative_to(REPO)) for path in HELD_OUT_SHA256}
+    for path in HELD_OUT_SHA256:
+        assert (bento / "src" / path.relative_to(REPO)).read_bytes() == path.read_bytes()
     routes = {route["name"] for route in manifest["schema"]["routes"]}
     assert routes == {
         *("detect_threat", "classify_attack", "self_heal", "analyze", "analyze_csv", "model_info"),

@@ -22,8 +22,8 @@ from sklearn.preprocessing import LabelEncoder, StandardScaler
 
 from nids.core.encoding import to_matrix
 from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CATEGORICAL, THREAT_FEATURES
-from nids.models.artifacts import load_model
-from nids.models.bundles import BundleRefused, import_file, upload_kind
+from nids.models.artifacts import ModelLoadError, load_model
+from nids.models.bundles import HELD_OUT_SHA256, KDD_TEST, BundleRefused, held_out_sha256, import_file, upload_kind
 from nids.models.cli import main
 from training.data import NSL_KDD_TRAIN, load_cic_improved, load_cic_original, load_nsl_kdd, rows_of
 
@@ -87,8 +87,23 @@ def test_a_signed_bundle_is_validated_converted_and_loads(bundle_file: Path) -> 
         assert model.feature_names == THREAT_FEATURES and model.threshold == 0.5
         assert len(model.reference_results) == 40 and all(r.passed for r in model.reference_results)
         assert model.metadata["original_version"] == "20241201_143022"
+        recorded = model.metadata["input_files"]["KDDTest+.csv.gz"]
+        assert recorded == {"path": "data/nsl-kdd/KDDTest+.csv.gz", "sha256": HELD_OUT_SHA256[KDD_TEST]}
     finally:
         bentoml.models.delete(imported.tag)
+
+
+def test_held_out_rows_other_than_the_recorded_ones_are_refused_naming_the_file(
+    bundle_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy of KDDTest+ whose sha256 is not the recorded one (here: the record says otherwise) is never scored on."""
+    monkeypatch.setitem(HELD_OUT_SHA256, KDD_TEST, "0" * 64)
+    held_out_sha256.cache_clear()
+    try:
+        with pytest.raises(ModelLoadError, match=r"held-out data data/nsl-kdd/KDDTest\+\.csv\.gz has sha256 6da05c"):
+            import_file(bundle_file, bundle_file.name, "threat_detector", sign(bundle_file), KEY, LIMIT, None)
+    finally:
+        held_out_sha256.cache_clear()
 
 
 @pytest.mark.parametrize("signature", [None, "", "0" * 64, "tampered"])
