@@ -33,18 +33,39 @@ os.environ["BENTOML_HOME"] = str(_STORE)
 _TRAINED = _SESSION / "trained"  # the session's models, trained once, and their tags
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+_LOST_GROUPS = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(wrapper=True)  # its first half before xdist's own hook reads the groups, its second half after
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """How `make test` spreads the tests over xdist workers (`--dist loadgroup --no-loadscope-reorder`):
     - a module's tests run on one worker, so that its module-scoped fixtures (a server, a broker) start once;
       a module marked `spread` shares no such fixture, and its tests go to whichever worker is free;
     - modules with a `long_running` test are handed out first, so that no long test starts last and runs alone.
+    xdist groups by a suffix it writes into each node id; pytest 9.2 ignores that write (pytest-dev/pytest-xdist#1386,
+    hence `pytest<9.2` in pyproject.toml), and every test then went to any worker: module fixtures started twice,
+    tests that build on the one before failed every run. Should an upgrade lose the groups again, every test fails
+    at setup saying so (pytest_runtest_setup below).
     """
     for item in items:
         if item.get_closest_marker("xdist_group") is None and item.get_closest_marker("spread") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     long_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("long_running")}
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in long_modules)  # stable: modules stay together
+    result = yield
+    if getattr(config.option, "loadgroup", False):  # set on xdist workers under --dist loadgroup only
+        lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:
+            config.stash[_LOST_GROUPS] = (
+                f"pytest-xdist's --dist loadgroup lost the groups of {len(lost)} tests (e.g. {lost[0]}): their modules "
+                "would be split over workers (pytest-dev/pytest-xdist#1386); install pytest<9.2 (make install)"
+            )
+    return result
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if lost := item.config.stash.get(_LOST_GROUPS, ""):
+        pytest.fail(lost, pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)
