@@ -86,9 +86,11 @@ class Bench:
         options = LoadOptions(scenario=scenario, shape="ramp", **self.ramp)  # type: ignore[arg-type]
         return self._run(f"ramp-{scenario}", options, url, pid, service)
 
-    def steady_run(self, scenario: str, url: str, pid: int | None, service: str) -> dict[str, Any]:
+    def steady_run(
+        self, scenario: str, url: str, pid: int | None, service: str, key: str | None = None
+    ) -> dict[str, Any]:
         options = LoadOptions(scenario=scenario, shape="steady", rate=200, run_time=self.steady_seconds)
-        return self._run(f"steady-{scenario}", options, url, pid, service)
+        return self._run(key or f"steady-{scenario}", options, url, pid, service)
 
     def measure_model(self, url: str, role: str, seconds: float = 3.0) -> float | None:
         """Flows/s of the served model of `role` alone, in this process, on the load-test pools (None: not here)."""

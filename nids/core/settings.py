@@ -229,6 +229,12 @@ class Settings(BaseSettings):
         "memory limit at NIDS_WORKER_MEMORY_MIB each)",
     )
 
+    # --- warm before ready (issue 23, nids.serving.warmup): /readyz 200 once every worker ran its paths -------------
+    warm_up_requests: int = Field(
+        64, ge=0, le=10_000, description="single-flow requests per batched API each worker sends itself before "
+        "/readyz may answer 200 (0: no warm-up)"
+    )  # fmt: skip
+
     # --- hardening (issue 12): a locked audit store answers 503 in time, never holds a request for long ---------
     healing_audit_lock_seconds: float = Field(
         5.0, gt=0, le=25, description="how long an audit write waits for a locked database before answering 503"

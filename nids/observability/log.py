@@ -148,7 +148,9 @@ class PredictionLog:
     def flush(self) -> None:
         """Write everything queued so far (the writer thread does this on its own; tests and shutdown call it)."""
         while batches := self._queue.take(self.batch_rows):
-            rows = [row for batch in batches for row in batch.rows()]
+            rows = [row for batch in batches for row in batch.rows() if not batch.warm_up]
+            if not rows:  # a worker's warm-up alone: converted as any batch, never stored
+                continue
             try:
                 self.store.insert(rows)
             except self.store.db.transient_errors as error:  # the store is down or full: keep them, retry later

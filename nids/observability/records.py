@@ -74,6 +74,8 @@ class PredictionBatch:
     actions: Sequence[HealingAction | None]
     created_at: float = field(default_factory=time.time)
     batch_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # a worker's own warm-up predictions (nids.serving.warmup): through the whole path, dropped before the insert
+    warm_up: bool = False
 
     def __len__(self) -> int:
         return len(self.flows)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from nids.serving.asgi import ASGIApp, Message, Receive, Scope, Send
 from nids.serving.auth import WEBSOCKET, AccessPolicy, Caller, Forbidden, Role, access_policy, admit, bearer
 from nids.serving.errors import error_response
 from nids.serving.rundir import private_dir, server_dir
+from nids.serving.warmup import WARM_UP, WarmUp
 
 logger = logging.getLogger("nids.auth")
 
@@ -169,14 +171,24 @@ class RequestGuard:
 
     It also unwraps BentoML's 4xx error bodies for exceptions (`[{"error": ...}]`) into `{"error": ...}`, the
     shape of every other error this service returns.
+
+    Once the worker's lifespan has started (the service created), it starts the worker's warm-up
+    (nids.serving.warmup), whose requests enter here.
     """
 
-    def __init__(self, app: ASGIApp, registry: ModelRegistry, health: Health = HEALTH) -> None:
+    def __init__(
+        self, app: ASGIApp, registry: ModelRegistry, health: Health = HEALTH, warm_up: WarmUp = WARM_UP
+    ) -> None:
         self.app = app
         self.registry = registry
         self.health = health
+        self.warm_up = warm_up
+        self._warming: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._stop_warming_at_shutdown(receive), self._warm_up_once_started(scope, send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -212,6 +224,23 @@ class RequestGuard:
             await self.app(scope, _bounded(receive, limit, setting, over), _unwrap_errors(send, over))
         except RequestTooLarge as error:  # raised by the body's reader, reached us unanswered
             await send_json(send, 413, error.body())
+
+    def _warm_up_once_started(self, lifespan: Scope, send: Send) -> Send:
+        async def inner(message: Message) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete" and self.warm_up.enabled and self._warming is None:
+                self._warming = asyncio.create_task(self.warm_up.run(self, self.registry, lifespan), name="warm-up")
+
+        return inner
+
+    def _stop_warming_at_shutdown(self, receive: Receive) -> Receive:
+        async def inner() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown" and self._warming is not None:
+                self._warming.cancel()
+            return message
+
+        return inner
 
 
 def _bounded(receive: Receive, limit: int, setting: str, over: list[RequestTooLarge]) -> Receive:

@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,6 +63,7 @@ from nids.serving.routes import models as model_routes
 from nids.serving.routes import observability as observability_routes
 from nids.serving.routes import shadow as shadow_routes
 from nids.serving.routes import upload as upload_routes
+from nids.serving.warmup import WARM_UP
 from nids.serving.workers import missing_workers
 
 logger = logging.getLogger("nids.service")
@@ -198,7 +200,10 @@ class NIDSService:
         # what /readyz says besides the models: this instance's checks (replacing any earlier instance's)
         # a dead worker (killed, out of memory): drained until it is back (nids.serving.workers)
         workers_missing = partial(missing_workers, settings.workers, WORKERS_RESTARTED)
-        HEALTH.unready[:] = [lambda: self.healing_reason, lambda: workers_missing() or ""]
+        # every worker runs its served paths before readiness (nids.serving.warmup; started by RequestGuard)
+        self.warm_up = WARM_UP
+        self.warm_up.configure(server_context.worker_index, settings.workers, settings.warm_up_requests)
+        HEALTH.unready[:] = [lambda: self.healing_reason, lambda: workers_missing() or "", self.warm_up.pending]
         HEALTH.degraded[:] = [self._audit_degradation, self.observability.degradation, self.lifecycle.degradation]
         feedback_routes.bind(self.observability, self.lifecycle)
         upload_routes.app.state.observability = self.observability
@@ -263,9 +268,10 @@ class NIDSService:
     def detect_threat(self, flows: ThreatFlows) -> Annotated[ThreatPredictions, JSON]:
         """Threat score of NSL-KDD flows (10 features)."""
         models = self.models.active()
-        predictions = pipeline.detect_threats(models, flows, self.metrics)
-        self.observability.record(PredictionBatch.of_threats(models, flows, predictions, "api"))
-        if self.shadow.wants("threat"):
+        warm_up = self.warm_up.owns_batch(flows)
+        predictions = pipeline.detect_threats(models, flows, None if warm_up else self.metrics)
+        self._record(PredictionBatch.of_threats(models, flows, predictions, "api"), warm_up)
+        if self.shadow.wants("threat") and not warm_up:
             classes = predictions.is_attack.astype(np.int64)
             self.shadow.offer(Offered("threat", models.threat.tag, flows, classes, predictions.probability))
         return predictions
@@ -274,12 +280,17 @@ class NIDSService:
     def classify_attack(self, flows: AttackFlows) -> Annotated[AttackPredictions, JSON]:
         """Attack type of CICFlowMeter flows (42 features)."""
         models = self.models.active()
-        predictions = pipeline.classify_attacks(models, flows, self.metrics)
-        self.observability.record(PredictionBatch.of_attacks(models, flows, predictions, "api"))
-        if self.shadow.wants("attack"):
+        warm_up = self.warm_up.owns_batch(flows)
+        predictions = pipeline.classify_attacks(models, flows, None if warm_up else self.metrics)
+        self._record(PredictionBatch.of_attacks(models, flows, predictions, "api"), warm_up)
+        if self.shadow.wants("attack") and not warm_up:
             confidence = predictions.top_proba[:, 0]
             self.shadow.offer(Offered("attack", models.attack.tag, flows, predictions.codes, confidence))
         return predictions
+
+    def _record(self, batch: PredictionBatch, warm_up: bool) -> None:
+        """To the prediction log; a worker's own warm-up predictions marked, for the writer to drop them."""
+        self.observability.record(replace(batch, warm_up=True) if warm_up else batch)
 
     # Explanations load each version's scikit-learn estimator on first use: async, on the side threads, so neither
     # that load nor the explaining delays the batched APIs on BentoML's inference thread.
@@ -330,9 +341,10 @@ class NIDSService:
         self, flows: Sequence[AnalyzeFlow], heal: pipeline.Healer, source: Source, explain: int = 0
     ) -> AnalyzeResponse:
         models = self.models.active()
-        response = pipeline.analyze(models, heal, flows, self.metrics, explain)
-        self.observability.record(PredictionBatch.of_analysis(models, flows, response, source))
-        if self.shadow.wants("threat") or self.shadow.wants("attack"):
+        warm_up = self.warm_up.owns(flow.root.flow_id for flow in flows)
+        response = pipeline.analyze(models, heal, flows, None if warm_up else self.metrics, explain)
+        self._record(PredictionBatch.of_analysis(models, flows, response, source), warm_up)
+        if (self.shadow.wants("threat") or self.shadow.wants("attack")) and not warm_up:
             for offer in shadow_routes.analysis_offers(models, flows, response):
                 self.shadow.offer(offer)
         return response

@@ -78,9 +78,17 @@ def logged_predictions(http: httpx.Client, flow_ids: set[str], seconds: float = 
     return wait_for(found, seconds)
 
 
+def _warming_up(server: Server) -> bool:
+    """Whether the warm-up (nids.serving.warmup) is all that keeps the server unready: tests start once it is done,
+    or once something else is wrong too (a test of an unready server)."""
+    response = httpx.get(f"{server.url}/readyz", timeout=10)
+    return response.status_code == 503 and response.json().get("error", "").startswith("warming up")
+
+
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
-    """serve(home, **env) -> Server once /livez answers; every server started is stopped at module end."""
+    """serve(home, **env) -> Server once /livez answers and its warm-up is done; every server started is stopped at
+    module end."""
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(home: Path, **env: str) -> Server:
@@ -114,7 +122,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
             if process.poll() is not None:
                 pytest.fail(f"bentoml serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{server.url}/livez", timeout=2).status_code == 200:
+                if httpx.get(f"{server.url}/livez", timeout=2).status_code == 200 and not _warming_up(server):
                     return server
             except httpx.TransportError:
                 pass
