@@ -222,7 +222,8 @@ class Observability:
 
     def drift_report(self) -> DriftReport:
         """The drift of the served models, computed at most once per NIDS_DRIFT_REFRESH_SECONDS (it parses the
-        whole window: ~0.1 s of CPU per 5,000 rows, not to be paid by every dashboard poll)."""
+        whole window: ~0.1 s of CPU per 5,000 rows, not to be paid by every dashboard poll). Each report computed
+        is on /metrics at once (nids_drift_psi*), whether GET /api/v1/drift or the gauges' own round asked."""
         monitor = self.require(self.drift)
         models = self.registry.active()
         with self._drift_lock:
@@ -230,6 +231,7 @@ class Observability:
             fresh = cached is not None and time.monotonic() - cached[0] < self.settings.drift_refresh_seconds
             if not (fresh and cached[1] is models):
                 self._drift_cache = (time.monotonic(), models, monitor.report(models))
+                self.metrics.publish_drift(self._drift_cache[2])
             return self._drift_cache[2]
 
     def _publish_drift(self) -> None:
@@ -237,7 +239,7 @@ class Observability:
             if self.registry.current is None:
                 continue
             try:
-                self.metrics.publish_drift(self.drift_report())
+                self.drift_report()  # published when computed
             except Exception as error:  # the next round tries again
                 logger.warning("drift gauges not updated: %s: %s", type(error).__name__, error)
 
