@@ -512,6 +512,11 @@ class Lifecycle:
             return self._local(tag)
         return self._local(model_id)
 
+    def load(self, tag: str) -> LoadedModel:
+        """A version loaded (verified) for scoring, fetched from the shared packages first when this replica's store
+        lacks it: the shadow runs' loader, so a challenger uploaded through one replica is scored by every one."""
+        return self.loader(str(self._local(tag).tag))
+
     def list_versions(self, model_type: str | None = None) -> list[ModelEntry]:
         """Every version of the served model types in the store, newest first."""
         types = [parse_model_type(model_type)] if model_type is not None else list(ROLES)

@@ -175,8 +175,8 @@ class NIDSService:
         self.lifecycle.start(settings.model_sync_seconds)
         # a challenger in the shadow of the active versions (nids.models.shadow): shared runs, scored off the path
         metrics = shadow_routes.shadow_metrics()
-        self.shadow = ShadowRunner(
-            None, load_model, queue_batches=settings.shadow_queue_batches, on_shed=metrics.shed,
+        self.shadow = ShadowRunner(  # loads through the lifecycle: a version only another replica holds is fetched
+            None, self.lifecycle.load, queue_batches=settings.shadow_queue_batches, on_shed=metrics.shed,
             on_compared=metrics.compared,
         )  # fmt: skip
         try:

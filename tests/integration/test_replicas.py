@@ -219,6 +219,35 @@ def test_statistics_are_the_fleets_through_any_replica(fleet: Fleet) -> None:
     wait_until(lambda: total(third) >= before + 3, 30, "replica 1's predictions counted by replica 3")
 
 
+def test_a_challenger_uploaded_through_one_replica_is_scored_in_shadow_by_the_others(
+    fleet: Fleet, model_store: Any
+) -> None:
+    """Issue 21 over issue 18: replica 3's store never held the version; its shadow runner fetches the shared
+    package (verified) and scores the flows replica 3 answers; replica 2 reports on it likewise."""
+    tag = clone_model_version(model_store.threat_tag, THREAT_MODEL_NAME)
+    package = package_bytes(bentoml.models.get(tag), SIGNING_KEY.encode())
+    bentoml.models.delete(tag)
+    first, second, third = fleet.replicas
+    assert upload(first, tag, package).status_code == 201
+    started = httpx.post(f"{first.url}{MODELS}/{tag}/shadow", params={"share": 1}, headers=ADMIN, timeout=60)
+    assert started.status_code == 200, started.text
+    stored = fleet.homes[2] / "models" / tag.replace(":", "/")
+    assert not stored.exists()
+
+    def compared() -> int:
+        assert served_version(third.url)[0] == 200  # traffic through replica 3 only
+        report = httpx.get(f"{second.url}{MODELS}/shadow/report", params={"model_type": THREAT_MODEL_NAME}, timeout=60)
+        assert report.status_code == 200, report.text
+        return report.json()["flows_compared"]
+
+    wait_until(lambda: compared() > 0, UNREADY_DEADLINE, "flows of replica 3 compared in shadow")
+    assert stored.exists()  # fetched into replica 3's own store
+    stopped = httpx.post(
+        f"{third.url}{MODELS}/shadow/stop", params={"model_type": THREAT_MODEL_NAME}, headers=ADMIN, timeout=60
+    )
+    assert stopped.status_code == 200, stopped.text
+
+
 def package_bytes_with_key(fleet: Fleet, tag: str, key: bytes) -> bytes:
     """The version's package signed with `key`, packed from replica 1's store."""
     return package_bytes(bentoml.Model.from_path(fleet.homes[0] / "models" / tag.replace(":", "/")), key)
