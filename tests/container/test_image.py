@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import tarfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -215,3 +217,56 @@ def test_a_signed_bundle_uploaded_inside_the_container_is_checked_on_the_shipped
     assert results["held_out_metrics"]["kddtest"]["rows"] == 22_544
     assert results["held_out_files"]["KDDTest+.csv.gz"]["sha256"] == HELD_OUT_SHA256[KDD_TEST]
     assert uploaded.json()["is_active"] is False
+
+
+def test_no_layer_of_the_image_holds_the_build_hosts_ca_certificates(
+    image: Image, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The build passes the host's TLS-intercepting proxy, whose CA certificates go into a throwaway build base
+    only (deploy/container.sh, deploy/ci_image.py): every layer of the saved image is read, none holds them (as a
+    file, a link or in the trust bundle), nor the build-only PIP_BREAK_SYSTEM_PACKAGES."""
+    host = {path.stem: _pem_body(path.read_text()) for path in sorted(HOST_CA_DIR.glob("*.crt"))}
+    if not host:
+        pytest.skip(f"this host trusts no certificate of its own ({HOST_CA_DIR} holds no .crt)")
+    config = json.loads(docker("image", "inspect", "-f", "{{json .Config}}", image.tag).stdout)
+    assert not [env for env in config["Env"] if env.startswith("PIP_BREAK_SYSTEM_PACKAGES=")]
+    found, layers = [], 0
+    with subprocess.Popen(["docker", "save", image.tag], stdout=subprocess.PIPE) as save:
+        assert save.stdout is not None
+        with tarfile.open(fileobj=save.stdout, mode="r|") as archive:
+            for member in archive:
+                blob = archive.extractfile(member) if member.isfile() else None
+                if blob is None or member.name.endswith((".json", "repositories")):
+                    continue
+                layers += 1
+                found += _host_certificates_in_layer(blob, host, member.name)
+    assert save.returncode == 0 and layers >= 1
+    assert found == []
+    label = (config.get("Labels") or {}).get(CI_LABEL)
+    report(capsys, f"{image.tag}: {layers} layer(s) read, none holds {sorted(host)}; CI-only label: {label!r}")
+
+
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+CI_LABEL = "org.nids-bento.ci-only"  # deploy/ci_image.py
+
+
+def _pem_body(text: str) -> str:
+    """A certificate's base64 body, without its armour and line breaks (as it stands in any bundle)."""
+    return "".join(token for token in text.split() if "-----" not in token)
+
+
+def _host_certificates_in_layer(blob: IO[bytes], host: dict[str, str], layer: str) -> list[str]:
+    """Where a layer (a tar, perhaps compressed) holds one of the host's certificates: its files, links, bundles."""
+    found: list[str] = []
+    try:
+        with tarfile.open(fileobj=blob, mode="r|*") as entries:
+            for entry in entries:
+                name = entry.name.removeprefix("./")
+                if any(name.endswith((f"/{stem}.crt", f"/{stem}.pem")) for stem in host):
+                    found.append(f"{layer}: {name}")
+                elif entry.isfile() and name.startswith("etc/ssl/certs/") and (data := entries.extractfile(entry)):
+                    bundle = "".join(data.read().decode("latin-1").split())
+                    found += [f"{layer}: {name} holds {stem}" for stem, body in host.items() if body in bundle]
+    except tarfile.ReadError:  # not a layer (the image's configuration, an index)
+        return found
+    return found
