@@ -1,7 +1,8 @@
 """A service whose own databases cannot be used at start is up and unready with the reason - never a crash loop -
 and becomes ready without a restart once they are fixed: a corrupt lifecycle row, an unreachable PostgreSQL
-(the lifecycle state and the audit log), a read-only data directory. Once serving, a full disk under the
-prediction log and a full queue are said on /readyz (`degraded`) and in the statistics, with counts and times.
+(the lifecycle state and the audit log), a read-only or full data directory. Once serving, a lifecycle database
+lost, a full disk under the prediction log and a full queue are said on /readyz (`degraded`), and in the
+statistics or the lifecycle API's 503, with counts and times.
 
 The read-only and full data directories are real tmpfs mounts (skipped where this process may not mount).
 """
@@ -125,6 +126,26 @@ def test_a_read_only_data_directory_makes_it_unready_until_writable(
     assert httpx.post(f"{server.url}/detect_threat", json=DETECT, timeout=30).status_code == 200
     stats = httpx.get(f"{server.url}/api/v1/predictions/stats", timeout=30)
     assert stats.status_code == 200  # the prediction log opened too, without a restart
+
+
+def test_a_full_data_directory_makes_it_unready_until_there_is_room(
+    mounts: list[Path], serve: Callable[..., Server], model_store: Any, tmp_path: Path
+) -> None:
+    """A tmpfs filled to its last block before the server starts: up and unready naming the files, the setting and
+    the full disk (never a crash loop); ready without a restart once there is room."""
+    data = mount_tmpfs(mounts, tmp_path / "filled", "size=8m")
+    filler = data / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False)  # to ENOSPC
+    server = serve(model_store.home, NIDS_DATA_DIR=str(data))
+    reason = wait_for_status(server, 503).json()["error"]
+    assert f"model lifecycle state cannot be opened at sqlite:///{data}/model-lifecycle.sqlite3" in reason
+    assert "(set by NIDS_DATA_DIR)" in reason and "the disk holding it is full" in reason
+    assert f"self-healing audit log cannot be opened at sqlite:///{data}" in reason
+    assert server.log.read_text().count("not serving until the model lifecycle state can be read") >= 1
+    filler.unlink()
+    wait_for_status(server, 200)
+    assert httpx.post(f"{server.url}/detect_threat", json=DETECT, timeout=30).status_code == 200
+    assert httpx.get(f"{server.url}/api/v1/predictions/stats", timeout=30).status_code == 200
 
 
 # --- while serving ----------------------------------------------------------------------------------------
