@@ -37,7 +37,6 @@ import ipaddress
 import logging
 import os
 import re
-import socket
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
@@ -51,7 +50,7 @@ from fastapi import Depends, Header, Request
 
 from nids.core.errors import NIDSError, NotFound
 from nids.core.settings import Settings, get_settings
-from nids.serving.bentoml_fixes import PATCHED_VERSION
+from nids.serving.compat.listen import bound_address
 
 logger = logging.getLogger("nids.auth")
 AuthMode = Literal["open", "required"]
@@ -322,24 +321,6 @@ def token_book() -> TokenBook:
 # --- the auth mode -------------------------------------------------------------------------------------------
 def _containerized() -> bool:
     return os.environ.get("BENTOML_CONTAINERIZED", "").lower() == "true"
-
-
-def bound_address() -> str | None:
-    """The address this `bentoml serve` worker listens on: BentoML 1.4.39 hands its workers the listening socket
-    as `--fd N`. None when it cannot be read (another BentoML version, not a worker): treated as non-loopback."""
-    argv = sys.argv
-    if bentoml.__version__ != PATCHED_VERSION or "--fd" not in argv[:-1]:
-        return None
-    try:
-        listening = socket.socket(fileno=os.dup(int(argv[argv.index("--fd") + 1])))
-    except (OSError, ValueError):
-        return None
-    with listening:
-        try:
-            name = listening.getsockname()
-        except OSError:
-            return None
-    return str(name[0]) if isinstance(name, tuple) else None
 
 
 def _loopback(address: str | None) -> bool:

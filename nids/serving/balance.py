@@ -5,7 +5,7 @@ worker, and asyncio's accept callback takes every connection waiting in the queu
 close together land on whichever worker woke first: two keep-alive clients sending bulk requests were served by
 one worker while the other idled (bentoml/BentoML#5426; half the throughput of a split, BENCHMARKS.md).
 
-`install(workers)` changes how a worker accepts, in the spirit of nginx's `multi_accept off`:
+nids.serving.compat.accept changes how a worker accepts, in the spirit of nginx's `multi_accept off`:
 - a worker accepts one connection per wake-up, never the whole queue;
 - each worker publishes its number of open connections on a small board shared by the workers (a file of
   int32 slots in the server's private 0700 directory, nids.serving.rundir, opened without following symlinks);
@@ -18,23 +18,14 @@ just left is seen as free at once. A worker on another event loop (uvloop) keeps
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import mmap
 import os
-from asyncio import selector_events
 from pathlib import Path
-from typing import Any
-
-from bentoml._internal.context import server_context
 
 from nids.serving.rundir import open_private, server_dir
 
-logger = logging.getLogger("nids.serving")
-DEFER_SECONDS = 0.02
 SLOTS = 256  # workers per `bentoml serve` the board can hold
 BOARD_FILE = "workers.i32"
-_accept = selector_events.BaseSelectorEventLoop._accept_connection
 
 
 class Board:
@@ -69,77 +60,3 @@ class Board:
 def board_for_server(workers: int, slot: int, directory: Path | None = None) -> Board:
     """The board of the `bentoml serve` this worker belongs to, in its private directory (nids.serving.rundir)."""
     return Board((directory or server_dir()) / BOARD_FILE, workers, slot)
-
-
-def _open_connections(server: Any) -> int:
-    return int(getattr(server, "_active_count", 0))  # asyncio.Server: transports attached and not yet closed
-
-
-def _counted(loop: asyncio.AbstractEventLoop, protocol_factory: Any, server: Any, board: Board) -> Any:
-    """`protocol_factory` whose connections publish this worker's count once attached and once closed."""
-
-    def publish() -> None:
-        board.publish(_open_connections(server))
-
-    def make() -> Any:
-        protocol = protocol_factory()
-        lost = protocol.connection_lost
-
-        def connection_lost(exc: Exception | None) -> None:
-            lost(exc)
-            loop.call_soon(publish)  # the server detaches the transport right after
-
-        protocol.connection_lost = connection_lost
-        loop.call_soon(publish)  # the transport attaches right after
-        return protocol
-
-    return make
-
-
-def balanced_accept(board: Board) -> Any:
-    """An `_accept_connection` for BaseSelectorEventLoop that accepts one connection per wake-up, deferring to a
-    less loaded worker of `board`."""
-
-    def accept(
-        loop: selector_events.BaseSelectorEventLoop,
-        protocol_factory: Any,
-        sock: Any,
-        sslcontext: Any = None,
-        server: Any = None,
-        backlog: int = 100,
-        *timeouts: Any,
-    ) -> None:
-        counted = _counted(loop, protocol_factory, server, board)
-        if not board.should_defer(_open_connections(server)):
-            _accept(loop, counted, sock, sslcontext, server, 1, *timeouts)
-            return
-        loop._remove_reader(sock.fileno())  # type: ignore[attr-defined]
-
-        def take_it_if_waiting() -> None:
-            if sock.fileno() == -1 or (server is not None and not server.is_serving()):
-                return  # the server closed meanwhile
-            _accept(loop, counted, sock, sslcontext, server, 1, *timeouts)
-            again = (protocol_factory, sock, sslcontext, server, backlog, *timeouts)
-            loop._add_reader(sock.fileno(), loop._accept_connection, *again)  # type: ignore[attr-defined]
-
-        loop.call_later(DEFER_SECONDS, take_it_if_waiting)
-
-    return accept
-
-
-def install(workers: int) -> bool:
-    """Balance this worker's accepts with the other workers of its server; True when in place (a worker of a
-    `bentoml serve` with several workers, on asyncio's selector loop)."""
-    index = server_context.worker_index  # 1..workers in a worker process, None elsewhere
-    if workers < 2 or index is None:
-        return False
-    try:
-        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:  # not started yet: the patch applies to the selector loop the server will run
-        loop = None
-    if loop is not None and not isinstance(loop, selector_events.BaseSelectorEventLoop):
-        logger.warning("connections are not balanced across workers: %s is not asyncio's selector loop", loop)
-        return False
-    board = board_for_server(workers, index - 1)
-    selector_events.BaseSelectorEventLoop._accept_connection = balanced_accept(board)  # type: ignore[method-assign]
-    return True

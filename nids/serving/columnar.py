@@ -1,31 +1,28 @@
 """Columnar request bodies (Arrow IPC, Parquet) for the batched APIs, read by BentoML 1.4.39 (issue 23).
 
 BentoML picks the serde of a request by its Content-Type from `_bentoml_impl.serde.ALL_SERDE`, and falls back to
-JSON for any type it does not list. `install()` lists the media types of nids.core.tables.FORMATS, served by
-`ColumnarSerde`: the body is handed, unread, to the API's flow field (a `Columns` field: detect_threat,
-classify_attack and their explained twins), which reads and validates it as a table into the same FlowBatch a
-JSON body becomes (nids.core.tables). Any other API answers 415 naming the ones that take a table. Answers stay
-JSON: the response does not go through the serde (the batched APIs' scores render their own JSON bytes).
+JSON for any type it does not list. `compat.serde.install_columnar()` lists the media types of
+nids.core.tables.FORMATS, served by `ColumnarSerde`: the body is handed, unread, to the API's flow field (a
+`Columns` field: detect_threat, classify_attack and their explained twins), which reads and validates it as a
+table into the same FlowBatch a JSON body becomes (nids.core.tables). Any other API answers 415 naming the ones
+that take a table. Answers stay JSON: the response does not go through the serde (the batched APIs' scores render
+their own JSON bytes).
 
-The registration is a private BentoML API: it applies to the pinned version only; on any other, columnar bodies
-are not registered (they would be read as JSON and refused with 400) and a warning says so.
+The registration is a private BentoML API: nids.serving.compat.serde.install_columnar, which applies to the pinned
+version only; on any other, columnar bodies are not registered (they would be read as JSON and refused with 400)
+and a warning says so.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import bentoml
-from _bentoml_impl.serde import ALL_SERDE, JSONSerde
+from _bentoml_impl.serde import JSONSerde
 from starlette.requests import Request
 
 from nids.core.columns import Columns
 from nids.core.errors import UnsupportedMediaType
-from nids.core.tables import FORMATS, ColumnarBody
-from nids.serving.bentoml_fixes import PATCHED_VERSION
-
-logger = logging.getLogger("nids.service")
+from nids.core.tables import ColumnarBody
 
 
 def columns_field(cls: Any) -> str | None:
@@ -47,15 +44,3 @@ class ColumnarSerde(JSONSerde):
                 f"{request.url.path} reads JSON; {media_type} bodies are read by /detect_threat and /classify_attack"
             )
         return cls.model_validate({field: ColumnarBody(await request.body(), media_type)})
-
-
-def install() -> bool:
-    """Register the columnar media types on the pinned BentoML version; True when they are."""
-    if bentoml.__version__ != PATCHED_VERSION:
-        logger.warning(
-            "bentoml %s is not %s: Arrow and Parquet bodies are not read", bentoml.__version__, PATCHED_VERSION
-        )
-        return False
-    for media_type in FORMATS:
-        ALL_SERDE[media_type] = ColumnarSerde  # type: ignore[index]
-    return True

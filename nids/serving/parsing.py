@@ -14,9 +14,9 @@ JSON: as a form it was one field named by the whole body, and the API answered "
 Files: BentoML's request parsing accepts a *string* where an API takes a file (`analyze_csv`'s `file`) and downloads
 it when it looks like an http(s) URL: in a multipart form (`-F file=http://...`) and as a whole JSON body. A
 serving stack must not fetch what a caller points it at (server-side request forgery), nor read a path it
-names: `install()` makes both a 400 naming the field, before anything is fetched. Unreadable multipart bodies
-(no boundary, a part without a name) are mapped to 400 in nids.serving.errors. The patch applies to the pinned
-version only; on any other, the service refuses to start (a guard that cannot apply fails closed).
+names: both are a 400 naming the field, before anything is fetched. Unreadable multipart bodies (no boundary, a
+part without a name) are mapped to 400 in nids.serving.errors. The patches of BentoML's serdes that apply these
+rules live in nids.serving.compat.serde; this module holds the rules.
 """
 
 from __future__ import annotations
@@ -26,18 +26,10 @@ import re
 from collections import Counter
 from typing import Any
 
-import bentoml
 import orjson
-from _bentoml_impl.serde import JSONSerde, MultipartSerde, Payload
-from _bentoml_sdk.io_models import IORootModel
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
 
 from nids.core.errors import InvalidInput
-from nids.serving.bentoml_fixes import PATCHED_VERSION
 
-_multipart_parse = MultipartSerde.parse_request
-_json_parse = JSONSerde.parse_request
 RULE = "file_upload"
 
 
@@ -104,50 +96,6 @@ def _keys_counted(body: bytes, data: Any) -> bool:
 _SPACED_COLON = re.compile(rb'"[ \t\r\n]+:')
 
 
-def _deserialize_json(self: JSONSerde, payload: Payload, cls: Any) -> Any:
-    data = decode(b"".join(payload.data) or b"{}")
-    if not isinstance(data, dict) and not issubclass(cls, IORootModel):  # pydantic would name the IO class
-        detail = [{"loc": [], "msg": "Input should be an object", "type": "model_type"}]
-        raise InvalidInput.fields(detail)
-    return cls.model_validate(data)
-
-
 def not_an_upload(field: str) -> InvalidInput:
     message = f"'{field}' must be an uploaded file (a multipart/form-data file part); a URL or a path is never fetched"
     return InvalidInput.fields([{"loc": [field], "msg": message, "type": RULE}])
-
-
-async def _parse_multipart(self: MultipartSerde, request: Request, cls: Any) -> Any:
-    if _is_json_as_form(request) and (await request.body()).lstrip()[:1] in (b"{", b"["):
-        return await _parse_json(JSONSerde(), request, cls)  # `curl -d '{...}'`: JSON under curl's default type
-    form = await request.form()  # starlette keeps the parsed form: BentoML's own parse reads it again
-    for field in cls.multipart_fields:
-        if any(not isinstance(value, UploadFile) for value in form.getlist(field)):
-            raise not_an_upload(field)
-    return await _multipart_parse(self, request, cls)
-
-
-def _is_json_as_form(request: Request) -> bool:
-    """A body sent as application/x-www-form-urlencoded (curl's type for `-d` without `-H content-type`)."""
-    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/x-www-form-urlencoded"
-
-
-async def _parse_json(self: JSONSerde, request: Request, cls: Any) -> Any:
-    if issubclass(cls, IORootModel) and cls.multipart_fields:  # a bare URL body would be downloaded
-        raise not_an_upload(cls.multipart_fields[0])
-    return await _json_parse(self, request, cls)
-
-
-def install() -> None:
-    """Patch the pinned BentoML version's body parsing. On any other version the guard cannot apply, and BentoML
-    would fetch a URL sent as a file field (SSRF): the service refuses to start (RuntimeError) rather than run
-    without it."""
-    if bentoml.__version__ != PATCHED_VERSION:
-        raise RuntimeError(
-            f"bentoml {bentoml.__version__} is not {PATCHED_VERSION}: the guard against file fields sent as URLs "
-            "(fetched by BentoML: SSRF) cannot be applied, so the service does not start; install bentoml=="
-            f"{PATCHED_VERSION}"
-        )
-    MultipartSerde.parse_request = _parse_multipart  # type: ignore[method-assign]
-    JSONSerde.parse_request = _parse_json  # type: ignore[method-assign]
-    JSONSerde.deserialize_model = _deserialize_json  # type: ignore[method-assign]

@@ -52,8 +52,8 @@ from nids.models.registry import REGISTRY
 from nids.models.shadow import Offered, ShadowRunner, Shadows, ShadowStore
 from nids.models.state import open_lifecycle_store
 from nids.observability.records import PredictionBatch, Source
-from nids.serving import balance, batching, bentoml_fixes, columnar, errors, parsing
 from nids.serving.auth import Caller, access_policy, caller_of
+from nids.serving.compat import accept, batching, endpoint, respawn, serde, timeout
 from nids.serving.metrics import service_metrics
 from nids.serving.middleware import HEALTH, AccessGuard, RequestGuard
 from nids.serving.observability import Observability
@@ -67,13 +67,14 @@ from nids.serving.warmup import WARM_UP
 from nids.serving.workers import missing_workers
 
 logger = logging.getLogger("nids.service")
-bentoml_fixes.install()
+# every patch of a BentoML or asyncio internal, each version- and source-checked (nids.serving.compat)
+timeout.install()  # BentoML's per-request timer cancelled when the request ends
 # a dead worker is restarted, in a container too (else /readyz answers 503 while one is missing)
-WORKERS_RESTARTED = bentoml_fixes.restart_dead_workers()
-errors.install()
-parsing.install()  # JSON without duplicate keys; a file field only as an upload, never fetched (issue 12)
-batching.install()  # the batched APIs' column batches merge and split (nids.serving.batching)
-columnar.install()  # Arrow IPC and Parquet bodies for the batched APIs (nids.serving.columnar)
+WORKERS_RESTARTED = respawn.restart_dead_workers()
+endpoint.install()  # errors answered with their own status and body
+serde.install()  # JSON without duplicate keys; a file field only as an upload, never fetched (issue 12)
+batching.install()  # the batched APIs' column batches merge and split
+serde.install_columnar()  # Arrow IPC and Parquet bodies for the batched APIs (nids.serving.columnar)
 
 # Declaring the media type of list outputs spares BentoML 1.4.39 from generating their whole JSON schema on every
 # response just to learn it is JSON (~1.5 ms of CPU per response, 40% of a single-flow request).
@@ -147,7 +148,7 @@ class NIDSService:
         settings = get_settings()
         logging.getLogger("nids").setLevel(settings.log_level)  # BentoML leaves other loggers at WARNING
         # several workers: new connections go to the least loaded one (nids.serving.balance), before serving starts
-        balance.install(settings.workers)
+        accept.install(settings.workers)
         access = access_policy()  # a bad NIDS_TOKENS_FILE, or NIDS_AUTH_MODE=open off loopback, stops startup
         logger.info("access control: mode %s (%s)", access.mode, access.why)
         self.models = REGISTRY

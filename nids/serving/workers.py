@@ -1,7 +1,7 @@
 """Is every worker of this `bentoml serve` running? /readyz answers 503 while one is missing.
 
 A worker killed by the kernel (out of memory) or by a signal leaves its replica with less capacity and, where
-nothing restarts it, for good. The server restarts it (nids.serving.bentoml_fixes.restart_dead_workers) at its
+nothing restarts it, for good. The server restarts it (nids.serving.compat.respawn) at its
 next check, within 10 s; until then, and for ever where that patch could not be applied, the replica reports
 itself unready with the reason, so a balancer drains it instead of sending it more than it can take.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bentoml._internal.context import server_context
+from bentoml import server_context
 
 PROC = Path("/proc")
 WORKER_ID = "--worker-id"

@@ -1,6 +1,6 @@
 """A worker killed under load (SIGKILL, as the kernel kills one out of memory) is restarted, and the replica
 answers /readyz 503 while it is missing. The server runs as inside an image (BENTOML_CONTAINERIZED=true), where
-BentoML 1.4.39 alone would never restart it (nids.serving.bentoml_fixes.restart_dead_workers)."""
+BentoML 1.4.39 alone would never restart it (nids.serving.compat.respawn)."""
 
 from __future__ import annotations
 

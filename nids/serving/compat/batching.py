@@ -4,6 +4,10 @@ BentoML's dispatcher finds a container by the type of a batchable API's argument
 extended and sliced, any other type counts as one item and cannot be merged. `install()` registers the types of
 nids.core.columns (FlowBatch in, ThreatScores / AttackScores out) so several requests are still scored in one
 model call: batches are concatenated, scores split back by slicing, and the batch size counts flows.
+
+Upstream: the registry is BentoML's private API for custom batch types (bentoml/BentoML#3805, its use shown in the
+docs by #3873); no public way exists. Fallback: not registered, and BentoML's default container would treat a
+FlowBatch as one item: the service refuses to start (RuntimeError) rather than serve unmerged, unsplit batches.
 """
 
 from __future__ import annotations
@@ -14,6 +18,12 @@ from typing import Any
 from bentoml._internal.runner.container import DataContainer, DataContainerRegistry
 
 from nids.core.columns import AttackScores, FlowBatch, ThreatScores
+from nids.serving.compat import applies
+
+UPSTREAM = (
+    (DataContainer, "611578602b6c7e5bf1d96cf7782417bf37f1089c364a1e95336314c9aa63c786"),
+    (DataContainerRegistry, "7bdb03bd4a897b5b0d8fc4888d4a0e7ae92fe0c0e93626f72fefe1579f0b4627"),
+)
 
 Columns = FlowBatch | ThreatScores | AttackScores
 
@@ -51,5 +61,8 @@ class ColumnsContainer(DataContainer[Columns, Columns]):
 
 
 def install() -> None:
+    """Register the column batches' container; RuntimeError where the registry is not the one this was written for."""
+    if not applies("merging column batches", "the service does not start", *UPSTREAM):
+        raise RuntimeError("adaptive batching of column batches cannot be registered with this BentoML (see above)")
     for kind in (FlowBatch, ThreatScores, AttackScores):
         DataContainerRegistry.register_container(kind, kind, ColumnsContainer)
