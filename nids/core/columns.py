@@ -10,8 +10,8 @@ locations, rules and messages, and every accepted value is the one they would ha
 (tests/core/test_columns.py compares both on generated rows).
 
 A `FlowBatch` is what the batched APIs and the pipeline work with: adaptive batching concatenates the batches
-of several requests (nids.serving.batching) and splits their `ThreatScores` / `AttackScores` back. Scores build
-their JSON without a pydantic object per flow, and still behave as a sequence of the response models for
+of several requests (nids.serving.compat.batching) and splits their `ThreatScores` / `AttackScores` back. Scores
+build their JSON without a pydantic object per flow, and still behave as a sequence of the response models for
 in-process callers.
 """
 
