@@ -4,7 +4,10 @@ board of open-connection counts and the why).
 
 Upstream: bentoml/BentoML#5426 ("Uneven request distribution across workers", open); the SO_REUSEPORT fix proposed
 there (PR #5557) was closed unmerged. asyncio's accept callback taking the whole backlog per wake-up is its design
-(no issue). Fallback: asyncio's own accept (connections as the kernel and the first worker awake spread them),
+(no issue). SO_REUSEPORT is no patch-free alternative on 1.4.39: the arbiter creates the one listening socket
+(`CircusSocket` in _bentoml_impl.server.serving.serve_http, no `so_reuseport`, no setting for it) and hands every
+worker its fd; the kernel balances only between sockets each bound by its own worker, which needs BentoML's
+worker start changed (what PR #5557 did), a larger patch than this one. Fallback: asyncio's own accept (connections as the kernel and the first worker awake spread them),
 logged; also on an event loop that is not asyncio's selector loop (uvloop).
 """
 
