@@ -7,8 +7,9 @@ there (PR #5557) was closed unmerged. asyncio's accept callback taking the whole
 (no issue). SO_REUSEPORT is no patch-free alternative on 1.4.39: the arbiter creates the one listening socket
 (`CircusSocket` in _bentoml_impl.server.serving.serve_http, no `so_reuseport`, no setting for it) and hands every
 worker its fd; the kernel balances only between sockets each bound by its own worker, which needs BentoML's
-worker start changed (what PR #5557 did), a larger patch than this one. Fallback: asyncio's own accept (connections as the kernel and the first worker awake spread them),
-logged; also on an event loop that is not asyncio's selector loop (uvloop).
+worker start changed (what PR #5557 did), a larger patch than this one. Fallback: asyncio's own accept
+(connections as the kernel and the first worker awake spread them), logged; also on an event loop that is not
+asyncio's selector loop (uvloop).
 """
 
 from __future__ import annotations
