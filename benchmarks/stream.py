@@ -11,16 +11,20 @@ in this process with the worker idle, the same records in-process: the model cal
 batches of the worker's size) and the worker's whole CPU path (nids.stream.worker.score_batch: decode,
 validate, models, self-healing, serialise). Prints Markdown; writes JSON under loadtest/results/benchmarks/.
 The worker inherits this process's environment: NIDS_PREDICTION_LOG_ENABLED=false measures it without the
-prediction log.
+prediction log. With it (the default), each phase also waits until the log (SQLite in the worker's data
+directory) holds every scored record, and says how long after the last answer that was; the log writer's CPU is
+that of the worker's child processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -96,6 +100,38 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+def children_cpu_seconds(process: psutil.Process) -> float:
+    """CPU of a process's children alive now (the worker's prediction-log writer process)."""
+    total = 0.0
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += cpu_seconds(child)
+    return total
+
+
+def logged_rows(path: Path) -> int:
+    """Rows the stream wrote to the prediction log so far (0 before the table exists)."""
+    if not path.is_file():
+        return 0
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM nids_predictions WHERE source = 'stream'").fetchone()[0])
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+
+
+async def until_logged(path: Path | None, count: int, timeout: float) -> float | None:
+    """Seconds until the prediction log holds `count` stream rows (None: the log is off, or not within timeout)."""
+    if path is None:
+        return None
+    start = time.perf_counter()
+    while logged_rows(path) < count:
+        if time.perf_counter() - start > timeout:
+            return None
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - start
+
+
 def busy_seconds() -> float:
     """CPU seconds the whole machine has spent busy (all processes, all cores)."""
     times = psutil.cpu_times()
@@ -103,9 +139,14 @@ def busy_seconds() -> float:
 
 
 async def end_to_end(
-    bootstrap: str, processes: dict[str, psutil.Process], kinds: dict[str, list[bytes]], timeout: float
-) -> dict[str, dict[str, float]]:
-    """Records/s from the first record produced to the last answer read, and the CPU each process used."""
+    bootstrap: str,
+    processes: dict[str, psutil.Process],
+    kinds: dict[str, list[bytes]],
+    timeout: float,
+    log: Path | None,
+) -> dict[str, dict[str, Any]]:
+    """Records/s from the first record produced to the last answer read, the CPU each process used (the worker's
+    log writer: its children), and how long after the last answer the prediction log held every record."""
     settings = Settings(kafka_bootstrap_servers=bootstrap)
     answers = Answers(bootstrap, settings)
     await answers.start()
@@ -117,18 +158,23 @@ async def end_to_end(
             expected += len(values)
             dead_before, busy_before = answers.dead, busy_seconds()
             cpu_before = {name: cpu_seconds(process) for name, process in processes.items()}
+            writer_before = children_cpu_seconds(processes["worker"])
             start = time.perf_counter()
             await publish(settings, values)
             produced = time.perf_counter() - start
             await answers.until(expected, timeout)
             seconds = answers.last - start
+            log_lag = await until_logged(log, expected - answers.dead, timeout)
             cpu = {f"{name}_cpu_seconds": cpu_seconds(p) - cpu_before[name] for name, p in processes.items()}
+            cpu["log_writer_cpu_seconds"] = children_cpu_seconds(processes["worker"]) - writer_before
             figures[kind] = {
                 "records": len(values),
                 "seconds": seconds,
                 "records_per_second": len(values) / seconds,
                 "produce_seconds": produced,
                 "dead_lettered": answers.dead - dead_before,
+                "log_complete_after_seconds": log_lag,  # after the last answer; None: log off or incomplete
+                "logged_rows": logged_rows(log) if log is not None else None,
                 **cpu,
                 "other_processes_cpu_seconds": busy_seconds() - busy_before - sum(cpu.values()),
             }
@@ -172,17 +218,24 @@ def in_process(kinds: dict[str, list[bytes]], batch: int, data_dir: Path) -> dic
 
 def markdown(e2e: dict[str, dict[str, float]], local: dict[str, dict[str, float]], batch: int) -> str:
     lines = [
-        f"| records | count | end to end (records/s) | CPU per record: worker / broker / producer+reader | "
-        f"other processes' CPU | dead-lettered | model only (records/s, batch {batch}) | "
-        f"worker's CPU path in-process (records/s) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| records | count | end to end (records/s) | CPU per record: worker / log writer / broker / "
+        f"producer+reader | other processes' CPU | dead-lettered | prediction log: rows (all phases), complete "
+        f"after the last answer | model only (records/s, batch {batch}) | worker's CPU path in-process (records/s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, f in e2e.items():
         n, seconds = f["records"], f["seconds"]
-        per = " / ".join(f"{f[f'{name}_cpu_seconds'] / n * 1e6:.1f}" for name in ("worker", "broker", "benchmark"))
+        names = ("worker", "log_writer", "broker", "benchmark")
+        per = " / ".join(f"{f[f'{name}_cpu_seconds'] / n * 1e6:.1f}" for name in names)
+        lag = f["log_complete_after_seconds"]
+        log = (
+            "off"
+            if f["logged_rows"] is None
+            else f"{f['logged_rows']:,}, " + ("incomplete" if lag is None else f"{lag:.1f} s")
+        )
         lines.append(
             f"| {kind} | {n:,} | **{f['records_per_second']:,.0f}** | {per} us | "
-            f"{f['other_processes_cpu_seconds'] / seconds:.0%} of a core | {f['dead_lettered']:,} | "
+            f"{f['other_processes_cpu_seconds'] / seconds:.0%} of a core | {f['dead_lettered']:,} | {log} | "
             f"{local[kind]['model_records_per_second']:,.0f} | {local[kind]['pipeline_records_per_second']:,.0f} |"
         )
     return "\n".join(lines)
@@ -218,7 +271,9 @@ def main() -> None:
                 "broker": psutil.Process(broker.process.pid),
                 "benchmark": psutil.Process(),  # producer and reader of the answers
             }
-            e2e = asyncio.run(end_to_end(broker.bootstrap, processes, kinds, args.timeout))
+            logged = Settings().prediction_log_enabled  # as the worker reads it
+            database = Path(scratch) / "worker" / "predictions.sqlite3" if logged else None
+            e2e = asyncio.run(end_to_end(broker.bootstrap, processes, kinds, args.timeout, database))
         except TimeoutError:
             print(log.read_text(errors="replace")[-3000:])
             raise

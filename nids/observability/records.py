@@ -12,15 +12,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from operator import itemgetter
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
 from nids.core.columns import AttackScores, FlowBatch, ThreatScores
 from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_FEATURES
-from nids.core.schemas import CONTEXT_FIELDS, ThreatFlow
+from nids.core.schemas import ATTACK_ATTRIBUTE, CONTEXT_FIELDS, ThreatFlow
 
 if TYPE_CHECKING:
     from nids.core.actions import HealingAction
@@ -113,37 +112,33 @@ class PredictionBatch:
         """One row per flow: its values in COLUMNS order."""
         if isinstance(self.flows, FlowBatch):
             return self._batch_rows(self.flows)
-        common = {
-            "created_at": self.created_at,
-            "source": self.source,
-            "batch_id": self.batch_id,
-            "threat_model_version": self.threat_model_version,
-            "attack_model_version": self.attack_model_version,
-        }
-        rows = []
-        for flow, threat, attack, action in zip(self.flows, self.threats, self.attacks, self.actions, strict=True):
-            is_threat = isinstance(flow, ThreatFlow)
-            names = THREAT_FEATURES if is_threat else ATTACK_FEATURES
-            rows.append(
-                {
-                    **common,
-                    **flow.context(),
-                    "kind": "threat" if is_threat else "attack",
-                    "is_attack": int(threat.is_attack if threat else attack is not None and _is_attack(attack)),
-                    "threat_score": threat.prediction_score if threat else None,
-                    "threshold": threat.threshold if threat else None,
-                    "attack_type": attack.attack_type_name if attack else None,
-                    "attack_confidence": attack.confidence if attack else None,
-                    "action_id": action.action_id if action else None,
-                    "action_type": action.action_type if action else None,
-                    "action_status": str(action.status) if action else None,
-                    "action_description": action.action_description if action else None,
-                    "action_params": orjson.dumps(action.action_params).decode() if action else None,
-                    "attack_probability": threat.attack_probability if threat else None,
-                    "features": orjson.dumps({name: flow[name] for name in names}).decode(),
-                }
+        return _part_rows(self._common(), [flow.__dict__ for flow in self.flows], self._parts())
+
+    def _common(self) -> tuple[float, str, str, str, str]:
+        return self.created_at, self.source, self.batch_id, self.threat_model_version, self.attack_model_version
+
+    def _parts(self) -> list[Part]:
+        """Per flow, what its row takes from the flow's kind, predictions and action (plain values)."""
+        return [
+            (
+                isinstance(flow, ThreatFlow),
+                None if t is None else (t.is_attack, t.prediction_score, t.threshold, t.attack_probability),
+                None if a is None else (a.attack_type_name, a.confidence),
+                None
+                if x is None
+                else (x.action_id, x.action_type, str(x.status), x.action_description, x.action_params),
             )
-        return list(map(_IN_ORDER, rows))
+            for flow, t, a, x in zip(self.flows, self.threats, self.attacks, self.actions, strict=True)
+        ]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled for the log's writer process (nids.observability.process): a batch of per-flow objects (analyze,
+        the stream) travels as an EncodedBatch, two JSON documents written by orjson (~2 us per flow, where
+        pickling the pydantic objects took ~20); a batch of columns as itself (numpy arrays and lists)."""
+        if isinstance(self.flows, FlowBatch):
+            return PredictionBatch, tuple(getattr(self, f.name) for f in fields(self))
+        flows = orjson.dumps([flow.__dict__ for flow in self.flows])
+        return EncodedBatch, (self._common(), len(self.flows), flows, orjson.dumps(self._parts()), self.warm_up)
 
     def _batch_rows(self, flows: FlowBatch) -> list[tuple[Any, ...]]:
         """The rows of a batched API's call, column by column (one kind, no action)."""
@@ -173,8 +168,57 @@ class PredictionBatch:
         return list(zip(*ordered, strict=True))
 
 
-_IN_ORDER = itemgetter(*COLUMNS)
+# per flow: is it a 10-feature flow; (is_attack, prediction_score, threshold, attack_probability) of its threat
+# verdict; (attack_type_name, confidence) of its attack type; (action_id, action_type, status, description, params)
+Part = tuple[bool, tuple[Any, ...] | None, tuple[Any, ...] | None, tuple[Any, ...] | None]
+_ATTACK_ATTRIBUTES = tuple(ATTACK_ATTRIBUTE[name] for name in ATTACK_FEATURES)
+assert COLUMNS[:4] == ("created_at", "source", "batch_id", "kind") and COLUMNS[4:9] == CONTEXT_FIELDS
+assert COLUMNS[9:] == (
+    "is_attack", "threat_score", "threshold", "attack_type", "attack_confidence", "action_id", "action_type",
+    "action_status", "action_description", "action_params", "threat_model_version", "attack_model_version",
+    "features", "attack_probability",
+)  # fmt: skip
 
 
-def _is_attack(prediction: AttackPrediction) -> bool:
-    return prediction.attack_type_name != BENIGN
+def _part_rows(common: Sequence[Any], flows: Sequence[dict[str, Any]], parts: Sequence[Part]) -> list[tuple[Any, ...]]:
+    """The rows of per-flow batches, in COLUMNS order: each flow's attributes (its `__dict__`) and its parts."""
+    created_at, source, batch_id, threat_version, attack_version = common
+    rows = []
+    for flow, (is_threat, threat, attack, action) in zip(flows, parts, strict=True):
+        if is_threat:
+            features = {name: flow[name] for name in THREAT_FEATURES}
+        else:
+            features = dict(zip(ATTACK_FEATURES, map(flow.__getitem__, _ATTACK_ATTRIBUTES), strict=True))
+        is_attack = threat[0] if threat is not None else attack is not None and attack[0] != BENIGN
+        rows.append(
+            (
+                created_at, source, batch_id, "threat" if is_threat else "attack",
+                flow["flow_id"], flow["src_ip"], flow["dst_ip"], flow["src_port"], flow["timestamp"],
+                int(is_attack),
+                *(threat[1:3] if threat is not None else (None, None)),
+                *(attack if attack is not None else (None, None)),
+                *(action[:4] if action is not None else (None, None, None, None)),
+                orjson.dumps(action[4]).decode() if action is not None else None,
+                threat_version, attack_version,
+                orjson.dumps(features).decode(),
+                threat[3] if threat is not None else None,
+            )
+        )  # fmt: skip
+    return rows
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """A PredictionBatch of per-flow objects as it reaches the log's writer process: JSON decoded only there."""
+
+    common: tuple[float, str, str, str, str]  # created_at, source, batch_id, threat and attack model versions
+    count: int
+    flows: bytes  # the flows' attributes
+    parts: bytes  # their Parts
+    warm_up: bool = False  # as PredictionBatch.warm_up
+
+    def __len__(self) -> int:
+        return self.count
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return _part_rows(self.common, orjson.loads(self.flows), [tuple(p) for p in orjson.loads(self.parts)])

@@ -27,8 +27,7 @@ from nids.core.settings import Settings
 if TYPE_CHECKING:
     from nids.core.settings import Settings
     from nids.healing.engine import HealingEngine
-    from nids.observability.log import PredictionLog
-    from nids.observability.records import PredictionBatch
+    from nids.observability.process import PredictionLogProcess
 
 logger = logging.getLogger("nids.stream")
 
@@ -179,40 +178,25 @@ async def _until_ready(checks: list[Callable[[], str]], stopping: asyncio.Event,
     return True
 
 
-class _Unlogged:
-    """Stands for a prediction log that could not be opened: counts what it is handed as lost."""
-
-    def record(self, batch: PredictionBatch) -> None:
-        from nids.stream.metrics import stream_metrics
-
-        stream_metrics().prediction_log_lost.labels("store_error").inc(len(batch))
-
-    def close(self) -> None:
-        return None
-
-
-def open_prediction_log(settings: Settings) -> PredictionLog | _Unlogged | None:
+def open_prediction_log(settings: Settings) -> PredictionLogProcess | None:
     """The prediction log the service's replicas share (NIDS_PREDICTION_LOG_*), or None when it is disabled.
 
-    Like the service, the worker scores on when the log's store cannot be opened or written: what is not logged
-    is counted (nids_stream_prediction_log_lost_total) and logged, never silently dropped.
+    As in the service, a process of its own writes it (nids.observability.process, at NIDS_PREDICTION_LOG_PRIORITY):
+    turning a batch into rows and inserting them on the worker's thread took as much CPU as scoring, under the same
+    GIL, and halved the stream (BENCHMARKS.md). Like the service, the worker scores on when the log's store cannot
+    be opened or written: what is not logged is counted (nids_stream_prediction_log_lost_total) and logged, never
+    silently dropped.
     """
-    from nids.core.database import open_database
-    from nids.observability.log import PredictionLog
-    from nids.observability.store import PredictionStore
+    from nids.observability.process import PredictionLogProcess
     from nids.stream.metrics import stream_metrics
 
     if not settings.prediction_log_enabled:
         return None
     lost = stream_metrics().prediction_log_lost
-    try:
-        database = open_database(settings.prediction_log_database_url)
-        store = PredictionStore(database, settings.prediction_log_table_prefix)
-    except Exception:
-        logger.exception("the prediction log cannot be opened: predictions are scored, and counted as lost")
-        return _Unlogged()
-    return PredictionLog(
-        store,
+    return PredictionLogProcess(
+        str(settings.prediction_log_database_url),
+        settings.prediction_log_table_prefix,
+        priority=settings.prediction_log_priority,
         queue_rows=settings.prediction_log_queue_rows,
         batch_rows=settings.prediction_log_batch_rows,
         flush_seconds=settings.prediction_log_flush_seconds,
