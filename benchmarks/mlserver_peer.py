@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ import psutil
 import pyarrow as pa
 import sklearn
 
-from loadtest.run import REPO, RESULTS, free_port, git_version, serve
+from loadtest.run import REPO, RESULTS, free_port, git_version, serve, stop_group
 from nids.core.columns import validate_flows
 from nids.core.features import ATTACK_FEATURES
 from nids.core.settings import get_settings
@@ -116,13 +115,7 @@ def mlserver(binary: Path, estimator: Path, workers: int, log: Path) -> Iterator
                 time.sleep(0.5)
             yield url, process.pid
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process, 30)
 
 
 def _ready(url: str) -> bool:

@@ -102,13 +102,18 @@ def serve(target: str, log_file: Path, working_dir: Path = REPO) -> Iterator[tup
             wait_ready(url, process)
             yield url, process.pid
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process)
+
+
+def stop_group(process: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    """SIGTERM a process started in a session of its own and its whole group; SIGKILL after `seconds`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _tree_cpu_seconds(root: psutil.Process) -> tuple[float, int]:
