@@ -1,10 +1,12 @@
-"""Served latency with a shadow model on and off (issue 21): `python -m benchmarks.shadow [--seconds 20]`.
+"""Served latency with a shadow model on and off (issue 21): `python -m benchmarks.shadow [--seconds 20] [--pairs 3]`.
 
 Starts one `bentoml serve` on the store's models (BENTOML_HOME), saves a challenger version of the attack
 classifier (a copy of the served estimator under a new tag: the same cost per flow as any challenger of that
-size), then runs single-flow `classify_attack` at a steady 200 req/s (`loadtest.run`) with the shadow off, on
-(share 1: every flow scored twice), and off again, and prints p50 / p95 / p99 and failures of each run with the
-shadow's compared and shed counts. Raw results under loadtest/results/benchmarks/.
+size), then runs single-flow `classify_attack` at a steady 200 req/s (`loadtest.run`) alternating the shadow off and on
+(share 1: every flow scored twice) for `--pairs` pairs, and prints p50 / p95 / p99 and failures of each run with
+the shadow's compared and shed counts, the server's CPU per request, the machine's CPU use and its 1-minute load
+average before and after (this machine's speed drifts: compare each on run with the off runs beside it). Raw
+results under loadtest/results/benchmarks/.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def flows(url: str, outcome: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
+    parser.add_argument("--pairs", type=int, default=3, help="off/on pairs, alternating")
     args = parser.parse_args()
     base = RESULTS / "benchmarks" / f"shadow-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     served = str(get_store_model(f"{ATTACK_MODEL_NAME}:latest").tag)
@@ -74,24 +77,31 @@ def main() -> None:
     )
     rows = []
     with serve("service:NIDSService", base / "server.log") as (url, pid):
-        for label in ("off", "on", "off again"):
-            if label == "on":
+        for i in range(2 * args.pairs):
+            label = f"{'on' if i % 2 else 'off'} {i // 2 + 1}"
+            if label.startswith("on"):
                 started = httpx.post(f"{url}/api/v1/models/{tag}/shadow", params={"share": 1}, headers=admin)
                 started.raise_for_status()
             before = (flows(url, '"agreed"') + flows(url, '"disagreed"'), flows(url, '"shed"'))
+            load = os.getloadavg()[0]
             summary = run(url, pid, args.seconds, base / label.replace(" ", "-"))
             after = (flows(url, '"agreed"') + flows(url, '"disagreed"'), flows(url, '"shed"'))
-            if label == "on":
+            if label.startswith("on"):
                 params = {"model_type": ATTACK_MODEL_NAME}
                 httpx.post(f"{url}/api/v1/models/shadow/stop", params=params, headers=admin).raise_for_status()
-            rows.append((label, summary, after[0] - before[0], after[1] - before[1]))
-    print("| shadow | requests | failures | p50 ms | p95 ms | p99 ms | flows compared | flows shed |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for label, summary, compared, shed in rows:
-        overall = summary["overall"]
+            rows.append((label, summary, after[0] - before[0], after[1] - before[1], load, os.getloadavg()[0]))
+    print(
+        "| run | requests | failures | p50 ms | p95 ms | p99 ms | flows compared | flows shed | server CPU ms/request "
+        "| machine CPU | load before / after |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, summary, compared, shed, before_load, after_load in rows:
+        overall, cpu = summary["overall"], summary["run"]["cpu"]
         print(
             f"| {label} | {overall['requests']} | {overall['failures']} | {overall['p50']:.1f} | "
-            f"{overall['p95']:.1f} | {overall['p99']:.1f} | {compared:.0f} | {shed:.0f} |"
+            f"{overall['p95']:.1f} | {overall['p99']:.1f} | {compared:.0f} | {shed:.0f} | "
+            f"{1000 * cpu['server']['cpu_seconds'] / max(overall['requests'], 1):.2f} | "
+            f"{cpu['machine_percent']:.0f}% | {before_load:.1f} / {after_load:.1f} |"
         )
     print(f"\nraw results: {base}")
 
