@@ -15,6 +15,7 @@ import bentoml
 import numpy as np
 import pandas as pd
 
+from nids.core.calibration import CalibrationMap
 from nids.core.encoding import to_matrix
 from nids.core.model import LoadedModel, ReferenceCase
 from nids.models.artifacts import ModelLoadError, OnnxPredictor, load_model, save_model
@@ -70,31 +71,66 @@ def to_onnx_bytes(estimator: Any, n_features: int) -> bytes:
     ).SerializeToString()
 
 
+# largest |map(raw) - CalibratedClassifierCV.predict_proba| accepted: the table is sklearn's calibration itself
+CALIBRATION_MAP_TOLERANCE = 1e-9
+
+
+def raw_model(estimator: Any) -> Any:
+    """The fitted model a calibrated wrapper (training.common.calibrate) holds; any other estimator itself."""
+    return estimator.estimator if hasattr(estimator, "calibrated_classifiers_") else estimator
+
+
+def calibration_map(estimator: Any, X_sample: np.ndarray) -> CalibrationMap | None:
+    """The table form of a calibrated estimator's calibration (None: not calibrated), checked to give scikit-learn's
+    own calibrated probabilities from the raw model's on `X_sample`; a disagreement is a bug and raises."""
+    if estimator is raw_model(estimator):
+        return None
+    table = CalibrationMap.of_estimator(estimator)
+    worst = float(
+        np.max(np.abs(table(raw_model(estimator).predict_proba(X_sample)) - estimator.predict_proba(X_sample)))
+    )
+    if worst > CALIBRATION_MAP_TOLERANCE:
+        raise ValueError(f"the calibration table differs from scikit-learn's calibration by {worst:.2e}")
+    return table
+
+
 def onnx_with_parity(
     estimator: Any, X_cases: np.ndarray, X_sample: np.ndarray, log: Callable[[str], None]
 ) -> tuple[bytes | None, dict[str, Any]]:
-    """Convert to ONNX and compare probabilities with scikit-learn; the form is kept only within tolerance."""
+    """Convert the raw model to ONNX and compare its probabilities with scikit-learn's raw ones; the form is kept
+    only within tolerance. A calibrated estimator's calibration is a table applied after the ONNX form (save_model
+    stores it), checked here to be scikit-learn's calibration."""
+    raw = raw_model(estimator)
     try:
-        blob = to_onnx_bytes(estimator, X_cases.shape[1])
+        calibration = calibration_map(estimator, X_sample)
+        blob = to_onnx_bytes(raw, X_cases.shape[1])
         predictor = OnnxPredictor(blob)
     except Exception as exc:  # skl2onnx/onnxruntime raise many types; any failure means "serve with sklearn"
         log(f"ONNX conversion failed, serving with scikit-learn: {exc.__class__.__name__}")
         return None, {"stored": False, "reason": f"conversion failed: {exc.__class__.__name__}"}
 
     def max_diff(X: np.ndarray) -> float:
-        return float(np.max(np.abs(predictor(X) - estimator.predict_proba(X)))) if len(X) else 0.0
+        return float(np.max(np.abs(predictor(X) - raw.predict_proba(X)))) if len(X) else 0.0
 
-    report = {
+    report: dict[str, Any] = {
         "tolerance": ONNX_PARITY_TOLERANCE,
+        "compared": "raw probabilities" if calibration is not None else "probabilities",
         "max_abs_diff_reference_cases": max_diff(X_cases),
         "max_abs_diff_holdout_sample": max_diff(X_sample),
         "holdout_sample_rows": len(X_sample),
         "reference_case_rows": len(X_cases),
         "size_bytes": len(blob),
     }
+    if calibration is not None:  # what the served (calibrated) numbers differ by; the reference cases bound it
+        served = calibration.wrap(predictor)
+        report["calibration"] = f"{calibration.method} table applied in numpy after the ONNX form"
+        report["max_abs_diff_calibrated_holdout_sample"] = float(
+            np.max(np.abs(served(X_sample) - estimator.predict_proba(X_sample))) if len(X_sample) else 0.0
+        )
     worst = max(report["max_abs_diff_reference_cases"], report["max_abs_diff_holdout_sample"])
     report["stored"] = worst <= ONNX_PARITY_TOLERANCE
-    log(f"ONNX parity: max |diff| {worst:.2e} -> {'stored' if report['stored'] else 'NOT stored'}")
+    verdict = "stored" if report["stored"] else "NOT stored"
+    log(f"ONNX parity ({report['compared']}): max |diff| {worst:.2e} -> {verdict}")
     return (blob if report["stored"] else None), report
 
 
@@ -138,7 +174,7 @@ def split_metadata(split: Split) -> dict[str, Any]:
 
 def training_params(kept: str, baseline: str, selection_rule: str, estimator: Any, config: Any) -> dict[str, Any]:
     """The stored estimator's description: a calibrated wrapper is described by the model it wraps."""
-    model = getattr(estimator, "estimator", None) if hasattr(estimator, "calibrated_classifiers_") else None
+    model = raw_model(estimator) if hasattr(estimator, "calibrated_classifiers_") else None
     return {
         "kept": kept,
         "baseline": baseline,
@@ -204,11 +240,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 def parity_text(parity: dict[str, Any]) -> str:
     if "max_abs_diff_holdout_sample" not in parity:
         return f"no ONNX form ({parity.get('reason', 'not stored')}); served with scikit-learn"
-    return (
-        f"largest |P_onnx - P_sklearn| {parity['max_abs_diff_reference_cases']:.2e} on the reference cases and "
+    text = (
+        f"largest |P_onnx - P_sklearn| of the {parity.get('compared', 'probabilities')} "
+        f"{parity['max_abs_diff_reference_cases']:.2e} on the reference cases and "
         f"{parity['max_abs_diff_holdout_sample']:.2e} on {parity['holdout_sample_rows']} held-out rows "
         f"(tolerance {parity['tolerance']:.0e}); ONNX form {'stored' if parity['stored'] else 'NOT stored'}"
     )
+    if "calibration" in parity:
+        text += (
+            f". The served probabilities are the {parity['calibration']}: they differ from scikit-learn's calibrated "
+            f"ones by at most {parity['max_abs_diff_calibrated_holdout_sample']:.2e} on the same rows"
+        )
+    return text
 
 
 def calibrate(estimator: Any, X: np.ndarray, y: np.ndarray, method: str) -> Any:

@@ -1,6 +1,7 @@
 """Models in the BentoML store as self-describing, self-testing packages.
 
-`save_model` writes the fitted estimator (joblib), an optional ONNX form and the reference cases into a new
+`save_model` writes the fitted estimator (joblib), an optional ONNX form (of the raw model, with the calibration
+table applied after it when the estimator is calibrated: nids.core.calibration) and the reference cases into a new
 store entry, with the sha256 of every file and everything a server needs in the metadata. `load_model`
 resolves a tag, verifies every recorded hash and the metadata, builds the predictor (ONNX Runtime when stored
 and preferred, scikit-learn otherwise) and runs the reference cases; any failure raises a `ModelLoadError`,
@@ -29,6 +30,7 @@ import joblib
 import numpy as np
 from bentoml.exceptions import BentoMLException, NotFound
 
+from nids.core.calibration import CalibrationMap
 from nids.core.errors import NIDSError
 from nids.core.model import CaseResult, LoadedModel, ReferenceCase, run_reference_cases
 from nids.models.explain import LazyExplainer
@@ -36,6 +38,9 @@ from nids.models.explain import LazyExplainer
 ESTIMATOR_FILE = "estimator.joblib"
 ONNX_FILE = "model.onnx"
 CASES_FILE = "reference_cases.json"
+# the calibration table applied after the ONNX form's raw probabilities (nids.core.calibration); the
+# scikit-learn form (a CalibratedClassifierCV) calibrates itself
+CALIBRATION_FILE = "calibration.json"
 ONNX_PROBABILITIES = "probabilities"
 # keys a server relies on; save_model adds the ones marked (auto)
 REQUIRED_METADATA: tuple[str, ...] = (
@@ -141,7 +146,12 @@ def save_model(
     reference_cases: Sequence[ReferenceCase],
     onnx_model: bytes | None,
 ) -> bentoml.Model:
-    """Write a new version of `name` into the BentoML store; returns the stored model."""
+    """Write a new version of `name` into the BentoML store; returns the stored model.
+
+    `onnx_model` is the form of the raw model: of a calibrated estimator (sklearn's CalibratedClassifierCV), the
+    model it calibrates; its calibration is then stored beside it as a table (CALIBRATION_FILE), so the ONNX form
+    serves the table's map of its raw probabilities, as the estimator does.
+    """
     buffer = io.BytesIO()
     joblib.dump(estimator, buffer, compress=3)
     blobs = {
@@ -150,6 +160,8 @@ def save_model(
     }
     if onnx_model is not None:
         blobs[ONNX_FILE] = onnx_model
+        if hasattr(estimator, "calibrated_classifiers_"):
+            blobs[CALIBRATION_FILE] = CalibrationMap.of_estimator(estimator).to_json()
     full = {
         **{key: value for key, value in metadata.items() if value is not None},
         "files": {file: sha256_bytes(blob) for file, blob in blobs.items()},
@@ -269,6 +281,8 @@ def load_model(tag: str, *, prefer_onnx: bool = True) -> LoadedModel:
     try:
         if form == "onnx":
             predict: Callable[[np.ndarray], np.ndarray] = OnnxPredictor(Path(model.path_of(ONNX_FILE)).read_bytes())
+            if CALIBRATION_FILE in metadata["files"]:  # its sha256 checked by _verify above
+                predict = CalibrationMap.from_json(Path(model.path_of(CALIBRATION_FILE)).read_bytes()).wrap(predict)
             estimator = None  # loaded by the explainer when an explanation is first asked for
         else:
             estimator = single_threaded(joblib.load(estimator_file))

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from nids.core.calibration import CalibrationError, CalibrationMap
 from nids.core.errors import Unavailable
 from nids.core.model import Contributions
 
@@ -92,36 +93,21 @@ class PathExplainer:
 class Calibration:
     """A calibrated forest (sklearn's CalibratedClassifierCV, sigmoid or isotonic, as training.common.calibrate
     stores it): the forest's path contributions are exact for its raw probability f of the explained class; the
-    served probability p is the calibrators' map of the raw probabilities. Each contribution is scaled by the
-    secant (p - b) / (f - f0), b the calibrators' map of the forest's base value f0, so that b + contributions == p
-    exactly, in the calibrated space and keeping every contribution's sign and rank (where f == f0, the difference
-    p - b is shared equally). The map is checked against the estimator's own predict_proba on the first flows
-    explained: any disagreement (another sklearn's calibration) makes the explanation unavailable, never wrong."""
+    served probability p is the calibration table's map of the raw probabilities (nids.core.calibration). Each
+    contribution is scaled by the secant (p - b) / (f - f0), b the table's map of the forest's base value f0, so
+    that b + contributions == p exactly, in the calibrated space and keeping every contribution's sign and rank
+    (where f == f0, the difference p - b is shared equally). The map is checked against the estimator's own
+    predict_proba on the first flows explained: any disagreement (another sklearn's calibration) makes the
+    explanation unavailable, never wrong."""
 
     TOLERANCE = 1e-9
 
     def __init__(self, estimator: Any) -> None:
-        self._parts = estimator.calibrated_classifiers_
-        if any(getattr(part, "method", None) not in ("sigmoid", "isotonic") for part in self._parts):
-            raise Unavailable("explanations support sigmoid and isotonic calibration only")
+        try:
+            self.calibrated = CalibrationMap.of_estimator(estimator)  # raw (n, classes) -> served probabilities
+        except CalibrationError as exc:
+            raise Unavailable(f"explanations support one sigmoid or isotonic calibration only: {exc}") from exc
         self._checked = False
-
-    def calibrated(self, raw: np.ndarray) -> np.ndarray:
-        """The calibrated probabilities of raw forest probabilities (n, classes), as sklearn 1.5-1.9 computes them."""
-        total = np.zeros_like(raw, dtype=np.float64)
-        for part in self._parts:
-            proba = np.zeros_like(total)
-            if raw.shape[1] == 2:
-                proba[:, 1] = part.calibrators[0].predict(raw[:, 1])
-                proba[:, 0] = 1.0 - proba[:, 1]
-            else:
-                for j, calibrator in enumerate(part.calibrators):
-                    proba[:, j] = calibrator.predict(raw[:, j])
-                denominator = proba.sum(axis=1, keepdims=True)
-                proba = np.divide(proba, denominator, out=np.full_like(proba, 1 / raw.shape[1]), where=denominator != 0)
-            proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
-            total += proba
-        return total / len(self._parts)
 
     def rescale(
         self, X: np.ndarray, classes: np.ndarray, values: np.ndarray, raw_base: np.ndarray, served: Any, forest: Any
