@@ -18,6 +18,7 @@ predictions before anything is saved (training.common.package).
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,6 +30,22 @@ FORMAT = "nids-calibration/1"
 METHODS = ("isotonic", "sigmoid")
 # scikit-learn sets probabilities that exceed 1 by at most this much to exactly 1 (float rounding of the sum)
 _OVERSHOOT = 1e-5
+# isotonic maps of batches up to this size are computed in plain Python: for one flow, numpy's per-call overhead
+# (an np.interp and a column write per class, the normalisation) costs several times the ONNX form's own time
+_SMALL_BATCH = 32
+
+
+def _interpolate(x: Sequence[float], y: Sequence[float], value: float) -> float:
+    """np.interp(value, x, y) for one value, with numpy's own arithmetic (the same float64 operations)."""
+    if not value > x[0]:  # below the first knot (or on it); NaN stays NaN as in numpy
+        return y[0] if value == value else value
+    if value >= x[-1]:
+        return y[-1]
+    i = bisect_right(x, value) - 1  # x[i] <= value < x[i + 1]
+    if x[i] == value:
+        return y[i]
+    slope = (y[i + 1] - y[i]) / (x[i + 1] - x[i])
+    return slope * (value - x[i]) + y[i]
 
 
 class CalibrationError(ValueError):
@@ -67,6 +84,8 @@ class CalibrationMap:
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != self.n_classes:
             raise CalibrationError(f"expected (n, {self.n_classes}) probabilities, got shape {raw.shape}")
+        if self.method == "isotonic" and len(raw) <= _SMALL_BATCH:
+            return self._few_rows(raw)
         proba = np.empty_like(raw)
         if self.n_classes == 2:
             proba[:, 1] = self._map(0, raw[:, 1])
@@ -78,6 +97,23 @@ class CalibrationMap:
             proba = np.divide(proba, total, out=np.full_like(proba, 1.0 / self.n_classes), where=total != 0)
         proba[(proba > 1.0) & (proba <= 1.0 + _OVERSHOOT)] = 1.0
         return proba
+
+    def _few_rows(self, raw: np.ndarray) -> np.ndarray:
+        """The isotonic map of a few rows in plain Python: the same operations, without numpy's per-call cost
+        (the row sums may differ from numpy's in the last bit)."""
+        rows = []
+        for row in raw.tolist():
+            if self.n_classes == 2:
+                positive = _interpolate(self.calibrators[0].x, self.calibrators[0].y, row[1])
+                values = [1.0 - positive, positive]
+            else:
+                values = [
+                    _interpolate(part.x, part.y, value) for part, value in zip(self.calibrators, row, strict=True)
+                ]
+                total = sum(values)
+                values = [value / total for value in values] if total != 0 else [1.0 / self.n_classes] * len(values)
+            rows.append([1.0 if 1.0 < value <= 1.0 + _OVERSHOOT else value for value in values])
+        return np.array(rows, dtype=np.float64).reshape(len(rows), self.n_classes)
 
     def _map(self, j: int, raw: np.ndarray) -> np.ndarray:
         if self.method == "isotonic":
