@@ -272,7 +272,9 @@ def analyze(
     """The whole pipeline per flow: threat verdict, attack type and self-healing action (42-feature flows).
 
     A 42-feature flow's threat verdict comes from the classifier: attack when the predicted class is not BENIGN,
-    attack_probability = 1 - P(BENIGN), prediction_score on the 0.5 scale (classifier_verdict_scores). A
+    attack_probability = 1 - P(BENIGN) (summed over the attack classes: never below the most probable attack
+    class's probability, which 1 - P(BENIGN) of a normalised calibrated row can be by a rounding), prediction_score
+    on the 0.5 scale (classifier_verdict_scores). A
     10-feature flow has no attack type, hence no action. With `explain_top` > 0 each result explains its
     verdict: the detector's class for a 10-feature flow, the classifier's for a 42-feature flow, with that many
     features.
@@ -304,10 +306,10 @@ def analyze(
         for p in attack_predictions
     ]
     actions = self_heal(heal, events, observer) if events else []
-    benign_proba = proba[:, BENIGN_CODE]
+    attack_proba = np.minimum(proba[:, BENIGN_CODE + 1 :].sum(axis=1), 1.0)
     verdict_score = classifier_verdict_scores(proba, codes)
-    for i, prediction, p_benign, score, code, action in zip(
-        attack_index, attack_predictions, benign_proba, verdict_score, codes, actions, strict=True
+    for i, prediction, p_attack, score, code, action in zip(
+        attack_index, attack_predictions, attack_proba, verdict_score, codes, actions, strict=True
     ):
         verdict = ThreatPrediction(
             **_echo(prediction),
@@ -315,7 +317,7 @@ def analyze(
             is_attack=bool(code != BENIGN_CODE),
             threshold=SCORE_THRESHOLD,
             model_version=prediction.model_version,
-            attack_probability=float(1.0 - p_benign),
+            attack_probability=float(p_attack),
             decision_threshold=None,
         )
         results[i] = AnalyzeResult(
