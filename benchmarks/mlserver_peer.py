@@ -14,7 +14,8 @@ In one run, on this machine, one server at a time:
    batches (and scikit-learn's), x the machine's cores: the model-only capacity the API is compared with,
    measured before and after the servers.
 With `--profile`, py-spy (in this venv) samples this service's processes during a second Arrow phase and the
-report lists where their time goes (own time per function, and the share of a few paths). Prints Markdown;
+report lists where their time goes (samples per kind of process; the API workers' own time per function). With
+`--without-log`, one more Arrow phase on a service started with NIDS_PREDICTION_LOG_ENABLED=false. Prints Markdown;
 writes JSON under loadtest/results/benchmarks/.
 """
 
@@ -227,19 +228,26 @@ def profile(pid: int, seconds: float, out: Path) -> dict[str, Any]:
 
 
 def summarise(raw: Path) -> dict[str, Any]:
+    """Samples per kind of process (API workers, prediction-log writers), and the workers' own time per function."""
     own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
+    kinds: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
         frames = stack.split(";")
-        total += n
-        leaf = frames[-1]
-        own[_frame(leaf)] += n
-        for name in {_frame(frame) for frame in frames}:
-            inclusive[name] += n
-    return {"samples": total, "own": own.most_common(25), "inclusive": inclusive.most_common(60)}
+        kind = "log writer" if "nids.observability.process" in stack else "API worker" if len(frames) > 2 else "server"
+        kinds[kind] += n
+        if kind == "API worker" and not _waiting(frames[-1]):
+            own[_frame(frames[-1])] += n
+    return {"processes": dict(kinds), "worker_busy": sum(own.values()), "own": own.most_common(20)}
+
+
+_WAITS = ("Condition.wait", "EpollSelector.select", "Connection._recv", "Event.wait", "Thread.join", "select ")
+
+
+def _waiting(frame: str) -> bool:
+    """A thread blocked in a wait (py-spy samples them unless it can tell they are idle)."""
+    return frame.startswith(_WAITS)
 
 
 def _frame(frame: str) -> str:
@@ -254,6 +262,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--venv", type=Path, default=REPO / ".venv-mlserver", help="MLServer's own venv")
     parser.add_argument("--profile", action="store_true", help="py-spy the service during a second Arrow phase")
+    parser.add_argument("--without-log", action="store_true", help="an Arrow phase with the prediction log off too")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     settings = get_settings()
@@ -286,6 +295,12 @@ def main() -> None:
             closed_loop(url, "/classify_attack", columns, ARROW_STREAM, args.connections, args.seconds + 2, pid)
             spy["process"].wait(timeout=120)
             figures["profile"] = summarise(spy["raw"])
+    if args.without_log:
+        os.environ["NIDS_PREDICTION_LOG_ENABLED"] = "false"
+        with serve("service:NIDSService", out / "service-log-off.log") as (url, pid):
+            phase = closed_loop(url, "/classify_attack", columns, ARROW_STREAM, args.connections, args.seconds, pid)
+            figures["api_arrow_log_off"] = phase
+        del os.environ["NIDS_PREDICTION_LOG_ENABLED"]
     with mlserver(binary, estimator_path, cores, out / "mlserver.log") as (url, pid):
         answer = post(url, f"/v2/models/{MODEL}/infer", v2_body(X), "application/json")
         theirs = [int(v) for v in answer["outputs"][0]["data"]]
@@ -334,10 +349,24 @@ def markdown(figures: dict[str, Any], cores: int, tag: str, args: argparse.Names
         f"Model-only capacity: ONNX {onnx[0]:,.0f} / {onnx[1]:,.0f} rows/s per core (before / after) x {cores} "
         f"cores = {capacity:,.0f} rows/s; scikit-learn {sk[0]:,.0f} / {sk[1]:,.0f} rows/s per core.",
     ]
+    if "api_arrow_log_off" in figures:
+        f = figures["api_arrow_log_off"]
+        lines.insert(
+            6,
+            f"| this service, Arrow IPC body, prediction log off | **{f['flows_per_second']:,.0f}** | "
+            f"{f['flows_per_second'] / mlserver_rate:.2f}x | {f['flows_per_second'] / capacity:.0%} | "
+            f"{f['server_cores']:.2f} cores | {f['generator_cores']:.2f} cores | {f['others_cores']:.2f} cores |",
+        )
     if "profile" in figures:
         p = figures["profile"]
-        lines += ["", f"py-spy, {p['samples']:,} samples of the service's processes (own time, top 25):", ""]
-        lines += [f"- {n / p['samples']:.1%} {name}" for name, n in p["own"]]
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in p["processes"].items())
+        lines += [
+            "",
+            f"py-spy samples of the service's processes during an Arrow phase: {kinds}. The API workers' busy "
+            f"samples ({p['worker_busy']:,}, waits left out), own time per function:",
+            "",
+        ]
+        lines += [f"- {n / p['worker_busy']:.1%} {name}" for name, n in p["own"]]
     return "\n".join(lines)
 
 
