@@ -46,6 +46,7 @@ import bentoml
 
 from nids.core.columns import FlowBatch
 from nids.core.model import ReferenceCase
+from nids.core.settings import get_settings
 from nids.models.artifacts import load_reference_cases
 from nids.models.registry import ModelRegistry
 from nids.serving.asgi import ASGIApp, Message, Scope
@@ -142,13 +143,15 @@ class WarmUp:
         threat = self._flows(load_reference_cases(bentoml.models.get(models.threat.tag)))
         attack = self._flows(load_reference_cases(bentoml.models.get(models.attack.tag)))
         n, quarter = self.requests, max(1, self.requests // 4)
-        return [
+        steps = [
             Step("detect_threat", "POST", "/detect_threat", _single_flow_bodies(threat, n), quarter),
             Step("classify_attack", "POST", "/classify_attack", _single_flow_bodies(attack, n), quarter),
             Step("analyze", "POST", "/analyze", _single_flow_bodies(threat, CONCURRENT), CONCURRENT),
             Step("the audit store", "POST", "/healing_actions", (b'{"limit": 1}',), 1),
-            Step("the prediction log", "GET", "/api/v1/predictions/stats", (b"",), 1),
         ]
+        if get_settings().prediction_log_enabled:  # disabled, its routes answer 503 for good: nothing to warm
+            steps.append(Step("the prediction log", "GET", "/api/v1/predictions/stats", (b"",), 1))
+        return steps
 
     def _flows(self, cases: Sequence[ReferenceCase]) -> list[dict[str, Any]]:
         return [{**case.features, "flow_id": self.flow_id} for case in cases]

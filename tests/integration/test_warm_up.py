@@ -79,3 +79,9 @@ def test_unready_naming_the_pending_step_until_every_worker_is_warm_and_nothing_
         assert {row["flow_id"] for row in logged_predictions(http, flow_ids)} == flow_ids
         assert http.get("/api/v1/predictions/stats").json()["total_predictions"] == 2
         assert _counter(http.get("/metrics").text, "nids_predictions_total") == 2
+
+
+def test_ready_with_the_prediction_log_disabled(model_store: Any, serve: Callable[..., Server]) -> None:
+    """NIDS_PREDICTION_LOG_ENABLED=false: its routes answer 503 for good, so the warm-up skips that step."""
+    server = serve(model_store.home, NIDS_PREDICTION_LOG_ENABLED="false")
+    wait_for(lambda: _readyz(server).status_code == 200, 120)
