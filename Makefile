@@ -7,10 +7,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install train train-if-empty serve stream test lint check build container test-container models clean
 
+# uv (from PyPI, into the venv) installs the project several times faster than pip (README: a fresh clone);
+# plain pip where uv cannot be installed or its install fails
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	if $(BIN)/python -m pip install --quiet uv && $(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"; \
+	then :; else \
+	  $(BIN)/python -m pip install --quiet --upgrade pip && $(BIN)/python -m pip install --quiet -e ".[dev]"; \
+	fi
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,9 +33,9 @@ serve: train-if-empty
 stream: train-if-empty  # the Kafka stream worker (docs/stream.md): NIDS_KAFKA_BOOTSTRAP_SERVERS=host:9092 make stream
 	$(BIN)/python -m nids.stream
 
-# serial by default: on parallel workers (TEST_WORKERS=4, pytest-xdist) test_doc_examples (bash 8, 13) and
-# test_replicas fail every run though each passes alone; until that interference is found, TEST_WORKERS=N is opt-in
-TEST_WORKERS ?= 0
+# on 2 xdist workers (CI has 2 cores), each module whole on one worker (tests/conftest.py); TEST_WORKERS=0 runs
+# serially, TEST_WORKERS=auto one worker per core (each integration module starts its own server: memory)
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
