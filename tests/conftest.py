@@ -3,7 +3,7 @@
 BentoML resolves BENTOML_HOME lazily (on first use of the store), so setting it here, when pytest imports
 this file and before any test touches the store, isolates every test, and every subprocess a test starts.
 
-Under pytest-xdist (`make test` runs `-n auto --dist loadscope`) every worker process has a store of its own
+Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) every worker process has a store of its own
 (tests add and delete versions in their worker's store, unseen by the others) and the models are trained once
 per session: the first worker to ask trains them under a file lock, the others copy them into their store.
 """
