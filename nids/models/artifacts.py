@@ -202,13 +202,15 @@ def latest_version(name: str) -> str | None:
 def point_latest(tag: str) -> None:
     """Make `name:latest` resolve to `tag` (what a process with fresh lifecycle state starts serving).
 
-    BentoML 1.4 keeps the pointer as the file `<model store>/<name>/latest` holding the version; the result is
-    read back through the public API, and a store laid out otherwise raises instead of serving something else."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
+    BentoML 1.4 keeps the pointer as the file `<model store>/<name>/latest` holding the version, in the store the
+    model is in: served from a Bento (the container) that is the Bento's own `models/`, not BENTOML_HOME's. The
+    result is read back through the public API, and a store laid out otherwise raises instead of serving something
+    else. Nothing is written when `name:latest` is already `tag` (a Bento's store may be read-only)."""
     model = bentoml.models.get(tag)
     name, version = model.tag.name, str(model.tag.version)
-    (Path(BentoMLContainer.model_store_dir.get()) / name / "latest").write_text(version)
+    if latest_version(name) == version:
+        return
+    (Path(model.path).parent / "latest").write_text(version)
     if latest_version(name) != version:
         raise RuntimeError(f"cannot point {name}:latest at {tag}: this BentoML store keeps the pointer elsewhere")
 

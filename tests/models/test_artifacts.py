@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import bentoml
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from nids.core.encoding import UNKNOWN_CODE, to_matrix
-from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CLASSES, THREAT_FEATURES
+from nids.core.features import ATTACK_CLASSES, ATTACK_FEATURES, THREAT_CLASSES, THREAT_FEATURES, THREAT_MODEL_NAME
 from nids.models.artifacts import (
     CASES_FILE,
     ESTIMATOR_FILE,
@@ -19,8 +20,11 @@ from nids.models.artifacts import (
     ModelIntegrityError,
     ModelLoadError,
     ReferenceCaseError,
+    latest_kept,
+    latest_version,
     load_model,
     load_reference_cases,
+    point_latest,
 )
 from training.data import CIC_IMPROVED, NSL_KDD_TEST, NSL_KDD_TRAIN, load_nsl_kdd, rows_of, sha256_file
 
@@ -124,3 +128,25 @@ def test_incomplete_metadata_is_refused_at_save(model_store, clone_model):
 def test_unknown_tag_is_a_load_error(model_store):
     with pytest.raises(ModelLoadError, match="'threat_detector:doesnotexist' is not in the BentoML store"):
         load_model("threat_detector:doesnotexist")
+
+
+def test_latest_is_kept_in_the_store_a_bento_serves_from(model_store, tmp_path: Path) -> None:
+    """Served from a Bento (the container), BentoML reads and saves models in the Bento's own `models/`, not in
+    BENTOML_HOME's: an import there kept `:latest` by writing the pointer into BENTOML_HOME (FileNotFoundError,
+    a 500 on every signed upload inside the container). The pointer goes where the model is."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
+
+    shutil.copytree(model_store.home / "models", tmp_path / "bento" / "models")
+    global_store = BentoMLContainer.model_store.get()
+    BentoMLContainer.model_store.set(ModelStore(str(tmp_path / "bento" / "models")))  # as BentoML's Bento loader
+    try:
+        before = latest_version(THREAT_MODEL_NAME)
+        with latest_kept(THREAT_MODEL_NAME), bentoml.models.create(THREAT_MODEL_NAME) as created:
+            Path(created.path, "estimator.txt").write_text("a newer save")
+        assert latest_version(THREAT_MODEL_NAME) == before  # the save moved it; kept where it was
+        point_latest(str(created.tag))  # an activation moves it
+        assert latest_version(THREAT_MODEL_NAME) == str(created.tag.version)
+        assert (tmp_path / "bento" / "models" / THREAT_MODEL_NAME / "latest").read_text() == str(created.tag.version)
+    finally:
+        BentoMLContainer.model_store.set(global_store)
