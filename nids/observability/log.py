@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from nids.core.database import Outage
-from nids.observability.records import PredictionBatch
+from nids.observability.records import PredictionBatch, user_rows
 from nids.observability.store import PredictionStore
 
 logger = logging.getLogger("nids.observability")
@@ -140,7 +140,8 @@ class PredictionLog:
             return
         waiting = self._queue.offer(batch)
         if waiting is None:
-            self._lost("queue_full", n, f"{self.queue_rows} rows already wait to be written")
+            if not batch.warm_up:  # a worker's own warm-up is never stored, so never lost either
+                self._lost("queue_full", n, f"{self.queue_rows} rows already wait to be written")
         elif waiting >= self.batch_rows:
             self._wake.set()
 
@@ -184,7 +185,7 @@ class PredictionLog:
                 next_retention = time.monotonic() + RETENTION_SECONDS
                 self._retain()
             if closing:
-                if left := sum(map(len, self._queue.take())):  # the store is still down: counted, not dropped quietly
+                if left := user_rows(self._queue.take()):  # the store is still down: counted, not dropped quietly
                     self._lost("store_error", left, f"closing while the store is unavailable: {self.outage.error}")
                 return
 

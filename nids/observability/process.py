@@ -37,7 +37,7 @@ from typing import Any
 from nids.core.database import open_database
 from nids.core.settings import LogPriority
 from nids.observability.log import BatchQueue, LostReason, OutageObserver, PredictionLog
-from nids.observability.records import PredictionBatch
+from nids.observability.records import PredictionBatch, user_rows
 from nids.observability.store import PredictionStore
 
 logger = logging.getLogger("nids.observability")
@@ -88,9 +88,13 @@ class PredictionLogProcess:
         if not n:
             return
         if not self._alive:
-            self.on_lost("store_error", n)
+            reason: LostReason = "store_error"
         elif self._queue.offer(batch) is None:
-            self.on_lost("queue_full", n)
+            reason = "queue_full"
+        else:
+            return
+        if not batch.warm_up:  # a worker's own warm-up is never stored, so never lost either
+            self.on_lost(reason, n)
 
     def _send(self) -> None:
         """Every SEND_SECONDS, what was queued: one pickle and one write for many single-flow calls, and not woken
@@ -129,7 +133,7 @@ class PredictionLogProcess:
     def _gone(self, rows: int, error: BaseException) -> None:
         with self._lock:
             was_alive, self._alive = self._alive, False
-        rows += sum(map(len, self._queue.take()))  # queued before the end was seen: lost too, and counted
+        rows += user_rows(self._queue.take())  # queued before the end was seen: lost too, and counted
         if rows:
             self.on_lost("store_error", rows)
         if was_alive:

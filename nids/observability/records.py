@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -205,6 +205,11 @@ def _part_rows(common: Sequence[Any], flows: Sequence[dict[str, Any]], parts: Se
             )
         )  # fmt: skip
     return rows
+
+
+def user_rows(batches: Iterable[PredictionBatch | EncodedBatch]) -> int:
+    """The rows of users' predictions in `batches`: a worker's warm-up is never stored, so never counted as lost."""
+    return sum(len(batch) for batch in batches if not batch.warm_up)
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,7 @@ class Observability:
     def record(self, batch: PredictionBatch) -> None:
         if self.log is not None:
             self.log.record(batch)
-        elif self.settings.prediction_log_enabled:
+        elif self.settings.prediction_log_enabled and not batch.warm_up:  # warm-up rows are never stored
             self._lost("store_error", len(batch))
 
     def _lost(self, reason: LostReason, rows: int) -> None:

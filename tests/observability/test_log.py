@@ -4,6 +4,7 @@ writer thread, queries, retention, migration, a store that is down, the stream f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -110,6 +111,25 @@ def test_a_store_that_is_down_costs_no_latency_and_is_counted(tmp_path: Path, mo
         time.sleep(0.05)
     assert lost == {"queue_full": 200, "store_error": 200}
     log.close()
+
+
+def test_a_workers_warm_up_is_never_counted_as_lost(tmp_path: Path, models: ActiveModels, flows: Any) -> None:
+    """Warm-up predictions (nids.serving.warmup) are never stored: a full queue or a closing log with the store
+    down drops them without a count, so lost rows and the degraded reason speak of users' predictions only."""
+    lost: dict[str, int] = {}
+    store = PredictionStore(SqliteDatabase(tmp_path / "log.sqlite3"))
+    store.db.close()
+    log = PredictionLog(
+        store,
+        queue_rows=300,
+        flush_seconds=60,
+        on_lost=lambda reason, n: lost.__setitem__(reason, lost.get(reason, 0) + n),
+    )
+    warm = dataclasses.replace(batch(models, flows), warm_up=True)
+    log.record(warm)
+    log.record(warm)  # past the queue: dropped, not counted
+    log.close()  # the one queued is never written: not counted either
+    assert lost == {}
 
 
 @pytest.fixture
