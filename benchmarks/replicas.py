@@ -19,7 +19,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,7 +217,11 @@ class ServeProcess(Replica):
 
     def remove(self) -> None:
         if self.running():
-            os.killpg(self.process.pid, signal.SIGKILL)
+            workers = self.workers()  # circus starts each worker in a process group of its own, not the server's:
+            os.killpg(self.process.pid, signal.SIGKILL)  # killed with it, they outlived every SIGKILLed server
+            for pid in workers.values():
+                with suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)  # with its prediction-log writer
             self.process.wait(timeout=10)
 
 
