@@ -69,7 +69,6 @@ def test_on_another_bentoml_each_patch_falls_back_or_refuses_to_start(monkeypatc
 # private modules imported outside nids/serving/compat, each read (not patched) and why
 PRIVATE = ("_bentoml_impl", "_bentoml_sdk", "bentoml._internal", "asyncio.selector_events", "uvicorn")
 READ_ONLY = {
-    ("nids/models/artifacts.py", "bentoml._internal.configuration.containers"): "the store's path (nids.models)",
     ("nids/models/lifecycle.py", "bentoml._internal.configuration.containers"): "the store's path (nids.models)",
     ("nids/serving/columnar.py", "_bentoml_impl.serde"): "ColumnarSerde subclasses JSONSerde (registered by compat)",
 }
