@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 from functools import cache
 from http import HTTPStatus
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from nids.core.errors import NIDSError, RequestTooLarge
+from nids.core.health import Check, readiness
 from nids.core.settings import Settings, get_settings
 from nids.models.registry import ModelRegistry
 from nids.serving import tickets
@@ -137,9 +137,6 @@ async def refuse(scope: Scope, receive: Receive, send: Send, error: NIDSError) -
     await error_response(error)(scope, receive, send)  # starlette sends a WebSocket's as a denial response
 
 
-Check = Callable[[], str]
-
-
 class Health:
     """What /readyz says besides the models. `unready` checks return why the process must be drained (503);
     `degraded` checks return what it serves without (a store losing rows, an unavailable audit log: 200, listed
@@ -151,13 +148,8 @@ class Health:
 
     def report(self, registry: ModelRegistry) -> tuple[int, dict[str, Any]] | None:
         """(status, body) for /readyz, or None when all is well (BentoML's own /readyz answers then)."""
-        reasons = [reason for reason in (registry.unready_reason(), *(check() for check in self.unready)) if reason]
-        degraded = [reason for reason in (check() for check in self.degraded) if reason]
-        if reasons:
-            return 503, {"error": "; ".join(reasons), "degraded": degraded}
-        if degraded:
-            return 200, {"status": "degraded", "degraded": degraded}
-        return None
+        status, body = readiness((registry.unready_reason, *self.unready), self.degraded)
+        return None if body == {"status": "ready"} else (status, body)
 
 
 HEALTH = Health()

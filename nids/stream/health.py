@@ -16,7 +16,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import prometheus_client
 
-Check = Callable[[], str]  # '' when fine, else the reason
+from nids.core.health import Check, readiness
+
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
@@ -27,14 +28,6 @@ class _Server(ThreadingMixIn, WSGIServer):
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Probes and scrapes are not logged."""
-
-
-def readiness(unready: Iterable[Check], degraded: Iterable[Check]) -> tuple[int, dict[str, Any]]:
-    reasons = [reason for reason in (check() for check in unready) if reason]
-    losses = [reason for reason in (check() for check in degraded) if reason]
-    if reasons:
-        return 503, {"error": "; ".join(reasons), "degraded": losses}
-    return 200, {"status": "degraded", "degraded": losses} if losses else {"status": "ready"}
 
 
 def serve(port: int, unready: list[Check], degraded: list[Check]) -> WSGIServer:
